@@ -1,0 +1,3 @@
+from remflow.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""`remflow`: one typer command per pipeline stage, plus `methods` and `check`.
+
+Each command validates the whole params file first, then calls the library (stages.py) and writes its
+artifacts atomically. Bad input exits with code 2 and a one-screen message naming the key or file.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from remflow.errors import RemflowError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Corrupted-data unlearning (REM and baselines) as a DVC pipeline: corrupt -> pretrain -> discover -> "
+         "unlearn -> evaluate.",
+)
+err = Console(stderr=True)
+out = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", show_default=True)]
+
+
+def _report_error(e: RemflowError) -> None:
+    from remflow.params import ParamsError
+
+    if isinstance(e, ParamsError):
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("key")
+        table.add_column("problem")
+        table.add_column("given")
+        for key, problem, got in e.problems[:12]:
+            table.add_row(key, problem, got)
+        if len(e.problems) > 12:
+            table.add_row("...", f"{len(e.problems) - 12} more", "")
+        err.print(Panel(table, title=f"[red]invalid parameters[/red] in {e.path}", title_align="left"))
+        return
+    lines = [f"[bold]{e.message}[/bold]"]
+    if e.key is not None:
+        lines.append(f"where: {e.key}")
+    if e.got is not None:
+        lines.append(f"given: {e.got!r}")
+    if e.hint:
+        lines.append(f"fix:   {e.hint}")
+    err.print(Panel("\n".join(lines), title="[red]remflow: error[/red]", title_align="left"), markup=True)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn RemflowError into the one-screen message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RemflowError as e:
+            _report_error(e)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _params(path: Path):
+    from remflow.params import load_params
+
+    return load_params(path)
+
+
+@app.command()
+@guarded
+def corrupt(
+    regularity: Annotated[str, typer.Option(help="high (backdoor) | medium (interclass) | low (random labels)")],
+    seed: Annotated[int, typer.Option(min=0, help="cell seed")],
+    out: Annotated[Path, typer.Option(help="manifest to write (JSON)")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Write the corruption manifest of one (regularity, seed): D_c's indices, new labels, trigger."""
+    from remflow import stages
+
+    stages.corrupt(_params(params), regularity, seed, out)
+
+
+@app.command()
+@guarded
+def pretrain(
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    out: Annotated[Path, typer.Option(help="folder for model.safetensors and log.json")],
+    variant: Annotated[str, typer.Option(help="standard | etd (example-tied dropout channels)")] = "standard",
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Train the original model on the corrupted training set."""
+    from remflow import stages
+
+    stages.pretrain(_params(params), manifest, out, variant)
+
+
+@app.command()
+@guarded
+def discover(
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    rate: Annotated[float, typer.Option(help="discovery rate |D_f| / |D_c| in (0, 1]")],
+    out: Annotated[Path, typer.Option(help="discovered set to write (JSON)")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Draw the discovered set D_f: a seeded subset of D_c (nested across rates)."""
+    from remflow import stages
+
+    stages.discover(_params(params), manifest, rate, out)
+
+
+@app.command()
+@guarded
+def unlearn(
+    run: Annotated[str, typer.Option("--method", help="entry of `methods:` in params")],
+    model: Annotated[Path, typer.Option(help="original model checkpoint")],
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    discovered: Annotated[Path, typer.Option(help="discovered set D_f")],
+    out: Annotated[Path, typer.Option(help="run folder for model.safetensors and record.json")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Run one unlearning method on one cell; write the deployable model and its run record."""
+    from remflow import stages
+
+    stages.unlearn(_params(params), run, model, manifest, discovered, out)
+
+
+@app.command()
+@guarded
+def evaluate(
+    runs: Annotated[Path, typer.Option(help="folder of run folders")] = Path("runs"),
+    metrics: Annotated[Path, typer.Option(help="nested metrics file for dvc exp show")] = Path("metrics.json"),
+    reports: Annotated[Path, typer.Option(help="folder for results.csv, results.md, heatmaps")] = Path("reports"),
+    method: Annotated[str | None, typer.Option(help="method of the taxonomy table")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Score every run of the grid; write results.csv, metrics.json, tables and heatmaps; print the tables."""
+    import remflow
+    from remflow import report
+    from remflow.evaluate import evaluate as score_runs
+
+    p = _params(params)
+    rows = score_runs(p, runs)
+    chosen = method or p.evaluate.taxonomy_method
+    if chosen is not None and chosen not in report.methods_in_order(rows):
+        raise RemflowError("no such method in the results", key="--method", got=chosen,
+                           hint="one of " + ", ".join(report.methods_in_order(rows)))
+    context = {"remflow": remflow.__version__, "dataset": p.data.dataset, "runs": len(rows),
+               "params": Path(params).read_text()}
+    report.write_reports(rows, reports, metrics, context=context, taxonomy_method=chosen)
+    out.print(report.rich_summary(rows))
+    for metric in report.HEADLINE:
+        out.print(report.rich_taxonomy(rows, chosen or report.methods_in_order(rows)[0], metric))
+
+
+@app.command()
+@guarded
+def methods():
+    """List every registered method with its defaults."""
+    from remflow.methods import REGISTRY
+    from remflow.params import MethodConfig
+
+    base_fields = set(MethodConfig.model_fields)
+    table = Table(title="remflow methods (defaults: the paper's; recipe fields left empty use `unlearn:`)")
+    table.add_column("method", style="bold")
+    table.add_column("what it does")
+    table.add_column("reference")
+    table.add_column("defaults")
+    for name, m in REGISTRY.items():
+        cfg = m.config()
+        own = {k: v for k, v in cfg.model_dump().items() if k != "method" and (k not in base_fields or v is not None)}
+        table.add_row(name, m.summary, m.reference, ", ".join(f"{k}={v}" for k, v in own.items()) or "-")
+    out.print(table)
+
+
+@app.command()
+@guarded
+def check(
+    params: ParamsOpt = Path("params.yaml"),
+    dvc: Annotated[Path, typer.Option(help="the pipeline file to check against the schema")] = Path("dvc.yaml"),
+):
+    """Validate params and check that dvc.yaml's per-stage `params:` lists match what each stage reads."""
+    from remflow.pipeline_check import check_pipeline
+
+    p = _params(params)
+    n = check_pipeline(p, dvc)
+    out.print(f"[green]ok[/green]: {params} is valid; {dvc} declares the params of its {n} stage definitions")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)

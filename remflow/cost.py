@@ -1,0 +1,50 @@
+"""What a run costs: wall time and peak memory above the starting level (recorded for every unlearning run)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Cost:
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+@contextlib.contextmanager
+def measure(device: torch.device):
+    """Wall time and peak memory above the starting level: CUDA allocator peak, or the process's resident-set
+    high-water mark on CPU (reset through /proc/self/clear_refs, Linux)."""
+    cost = Cost()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start_mem = torch.cuda.memory_allocated()
+    else:
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        start_mem = _rss_kb("VmRSS") * 1024
+    t0 = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = _rss_kb("VmHWM") * 1024
+        cost.seconds = time.perf_counter() - t0
+        cost.peak_memory_mb = max(0.0, (peak - start_mem) / 2**20)

@@ -1,0 +1,100 @@
+"""What every unlearning method gets (UnlearnContext) and how it is registered.
+
+A method is one module: a pydantic config class (a MethodConfig with `method: Literal[name]` and the
+paper's defaults) and a function `unlearn(ctx, cfg) -> model` returning the deployable model, registered
+with `@register(...)`. See docs/adding-a-method.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from remflow.data.task import Task
+from remflow.models import WidenableNet, build_model, count_params
+from remflow.params import MethodConfig, ParamsBase, Recipe
+from remflow.train import accuracy
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from labelled parts, so each random decision has its own stream."""
+    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class UnlearnContext:
+    model: WidenableNet  # the original model; widened only for methods that use expansion and an ETD checkpoint
+    task: Task
+    params: ParamsBase
+    seed: int
+    device: torch.device
+    route: dict | None = None  # {"keep", "seed"} of an ETD checkpoint's trained memorisation channels
+    stats: dict = field(default_factory=dict)  # method figures for the run record (flush epochs, steps, ...)
+    peak_params: int = 0
+
+    def __post_init__(self):
+        self.note_params(self.model)
+
+    def recipe(self, cfg: MethodConfig) -> Recipe:
+        return cfg.recipe(self.params.unlearn)
+
+    def generator(self, *stream: object) -> torch.Generator:
+        return self.task.generator(derive_seed(self.seed, *stream))
+
+    def fresh_model(self, *stream: object) -> WidenableNet:
+        """A newly initialised model of the deployed architecture (seeded)."""
+        torch.manual_seed(derive_seed(self.seed, "init", *stream))
+        s = self.task.splits
+        return build_model(self.params.model, s.in_channels, s.num_classes, s.image_size).to(self.device)
+
+    def frozen_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def note_params(self, *models: torch.nn.Module) -> None:
+        """Record the parameters held at once (trained and frozen copies together) for `params_peak`."""
+        self.peak_params = max(self.peak_params, count_params(*models))
+
+    def val_accuracy(self, model: torch.nn.Module) -> float:
+        """Clean validation accuracy: the model-selection signal of training-based methods (never the test set)."""
+        from remflow.train import predict
+
+        t = self.task
+        bs = self.params.runtime.eval_batch_size
+        return float((predict(model, t, t.val_x, batch_size=bs) == t.val_y).float().mean())
+
+    def acc(self, model: torch.nn.Module, idx: torch.Tensor, **kw) -> float:
+        return accuracy(model, self.task, idx, batch_size=self.params.runtime.eval_batch_size, **kw)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type[MethodConfig]
+    unlearn: Callable[[UnlearnContext, MethodConfig], torch.nn.Module]
+    summary: str
+    reference: str
+    uses_expansion: bool = False  # receives an ETD checkpoint widened, with its memorisation channels
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, config: type[MethodConfig], *, summary: str, reference: str, uses_expansion: bool = False):
+    field_ = config.model_fields.get("method")
+    if field_ is None or field_.default != name:
+        raise TypeError(f"{config.__name__}.method must be Literal['{name}'] with default '{name}'")
+
+    def wrap(fn):
+        if name in REGISTRY:
+            raise ValueError(f"method '{name}' registered twice")
+        REGISTRY[name] = Method(name, config, fn, summary, reference, uses_expansion)
+        return fn
+
+    return wrap

@@ -1,0 +1,19 @@
+"""finetune: continue training the original model on D_r = D_tr \\ D_f (Goel et al.'s CF with k = -1)."""
+
+from typing import Literal
+
+from remflow.methods.base import UnlearnContext, register
+from remflow.methods.retrain import train_on
+from remflow.params import MethodConfig
+
+
+class FinetuneConfig(MethodConfig):
+    method: Literal["finetune"] = "finetune"
+    schedule: Literal["warmup_linear", "constant"] | None = "warmup_linear"
+
+
+@register("finetune", FinetuneConfig, summary="fine-tune the original model on D_tr \\ D_f",
+          reference="Goel et al. 2024 (CF)")
+def unlearn(ctx: UnlearnContext, cfg: FinetuneConfig):
+    recipe = ctx.recipe(cfg)
+    return train_on(ctx, ctx.model, ctx.task.retain, recipe, recipe.epochs, "finetune", "finetune-data")

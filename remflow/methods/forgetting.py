@@ -1,0 +1,94 @@
+"""Retain-set-free forgetting shared by REM's flush (step 2) and the NPO and Gradient Ascent baselines.
+
+Epochs of a per-sample forget loss on D_f through the base model, until the model's accuracy on D_f
+(corrupted labels, augmented images, as the released code measures it) is at most gamma, and REM's proxy
+for model selection, Acc(D_r) * (1 - max(Acc(D_f), gamma)), which needs no test data and no knowledge of
+the undiscovered corruption.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from remflow.losses import per_sample_ce
+from remflow.methods.base import UnlearnContext
+from remflow.models.layers import Route
+from remflow.train import KeepBest, fit, predict
+
+ForgetLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def forget_accuracy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, gen: torch.Generator) -> float:
+    """Acc(D_f) against the corrupted labels on augmented images (the flush's stopping signal)."""
+    t = ctx.task
+    pred = predict(model, t, t.train_x[forget], t.triggered[forget], gen=gen if t.augment.crop_padding or
+                   t.augment.flip else None, batch_size=ctx.params.runtime.eval_batch_size)
+    return float((pred == t.train_y[forget]).float().mean())
+
+
+def proxy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, retain: torch.Tensor, gamma: float) -> float:
+    """Acc_base(D_r) * (1 - max(Acc_base(D_f), gamma)), both against the training (corrupted) labels."""
+    return ctx.acc(model, retain) * (1.0 - max(ctx.acc(model, forget), gamma))
+
+
+def reference_ce(ref: nn.Module, batch, route: Route | None) -> torch.Tensor:
+    with torch.no_grad():
+        return per_sample_ce(ref(batch.x, route) if route is not None else ref(batch.x), batch.y)
+
+
+def flush(
+    ctx: UnlearnContext,
+    model: nn.Module,
+    ref: nn.Module,
+    opt: torch.optim.Optimizer,
+    forget: torch.Tensor,
+    loss: ForgetLoss,
+    *,
+    beta: float,
+    gamma: float,
+    max_epochs: int,
+    batch_size: int,
+    gen: torch.Generator,
+    ref_route: Callable[[object], Route | None] = lambda batch: None,
+    after_epoch=None,
+    label: str = "flush",
+) -> int:
+    """Epochs of `loss` on D_f through the base model until Acc(D_f) <= gamma or `max_epochs`; returns epochs run."""
+    task = ctx.task
+
+    def step_loss(net, batch):
+        ce = per_sample_ce(net(batch.x), batch.y)
+        return loss(ce, reference_ce(ref, batch, ref_route(batch)), beta).mean()
+
+    log = fit(model, opt, step_loss, lambda e: task.batches(forget, batch_size, gen), epochs=max_epochs,
+              steps_per_epoch=task.num_batches(len(forget), batch_size), schedule="constant",
+              until=lambda e: forget_accuracy(ctx, model, forget, gen) <= gamma, after_epoch=after_epoch,
+              label=label, device=ctx.device)
+    return len(log.epochs)
+
+
+def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) -> nn.Module:
+    """The NPO / Gradient Ascent baselines: epochs of `loss` on D_f until Acc(D_f) <= gamma (at most `epochs`),
+    keeping the epoch with the best proxy (the original model counts as epoch 0)."""
+    task, model = ctx.task, ctx.model
+    recipe = ctx.recipe(cfg)
+    ref = ctx.frozen_copy(model)
+    ctx.note_params(model, ref)
+    from remflow.train import make_optimizer
+
+    opt = make_optimizer(model.parameters(), recipe)
+    best = KeepBest(model, proxy(ctx, model, task.forget, task.retain, cfg.gamma))
+
+    def after_epoch(epoch, steps):
+        score = proxy(ctx, model, task.forget, task.retain, cfg.gamma)
+        best.offer(model, score, epoch + 1)
+        return {"proxy": score}
+
+    epochs = flush(ctx, model, ref, opt, task.forget, loss, beta=getattr(cfg, "beta", 1.0), gamma=cfg.gamma,
+                   max_epochs=recipe.epochs, batch_size=recipe.batch_size, gen=ctx.generator(label),
+                   after_epoch=after_epoch, label=label)
+    ctx.stats.update(forget_epochs=epochs, best_epoch=best.epoch, proxy=round(best.score, 6))
+    return best.restore(model)

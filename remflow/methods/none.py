@@ -1,0 +1,16 @@
+"""none: the original (corrupted) model, unchanged: the starting point of every cell."""
+
+from typing import Literal
+
+from remflow.methods.base import UnlearnContext, register
+from remflow.params import MethodConfig
+
+
+class NoneConfig(MethodConfig):
+    method: Literal["none"] = "none"
+
+
+@register("none", NoneConfig, summary="the original model, no unlearning (the starting point)",
+          reference="-")
+def unlearn(ctx: UnlearnContext, cfg: NoneConfig):
+    return ctx.model

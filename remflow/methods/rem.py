@@ -1,0 +1,184 @@
+"""REM, Redirection for Erasing Memory (Schoepf et al., ICLR 2026), as specified in research/paper-rem.md §3.
+
+1. Expand: widen every layer with fresh channels (the added channels equal the deployed width by default).
+   On an ETD-pretrained model the trained memorisation channels are used instead and nothing is added.
+2. Remove ("flush"): NPO on D_f through the base (deployed) channels only, until Acc_base(D_f) <= gamma
+   (at most `flush_max_epochs` epochs per round); the reference is a frozen copy of the expanded model taken
+   before unlearning and run in full mode with D_f's shared mask (§3.2; `reference: base` as an option).
+3. Repair + redirect: one epoch over the whole training set per round. Every sample routes through its own
+   per-sample mask over the added channels, all of D_f through one shared mask; the loss is the redirect term
+   (2/beta) log sigmoid(beta (CE_full - CE_ref)) on every sample plus the retained removal term (NPO through
+   the base model) on the D_f samples of the batch, averaged over the whole batch as the released code does.
+   Flush rounds do not count toward the repair budget (`epochs` of the training set, paper: 980 steps).
+4. Select by the proxy Acc_base(D_r) * (1 - max(Acc_base(D_f), gamma)), evaluated before unlearning and after
+   every repair epoch; drop the added channels.
+
+Where the paper's text and the released code differ we follow the code (§3.2): the reference runs in full
+mode, L_remove is averaged over the whole batch, the flush re-runs before every repair epoch, selection uses
+the proxy. Deviations: the expansion is explicit (new channels appended to a deployed-width model rather than
+the unused half of a full-width one) and masks come from a hash of the sample index (no mask cache); D_f
+shares a dedicated mask id rather than sample 0's.
+
+Ablations (paper §6.2, code names in brackets): `redirect: false` [REMGEN] fits the retained samples through
+the base model and adds no capacity; `remove_in_repair: false` [NPOREMMOD]; `forget_loss: ga` [REMMOD]
+uses plain cross-entropy terms (-CE to forget, CE to repair); `ideal: true` [REMIDEAL] gives the method all of
+D_c as D_f, an upper bound with oracle knowledge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from remflow.losses import gradient_ascent, npo, npo_redirect, per_sample_ce
+from remflow.methods.base import UnlearnContext, derive_seed, register
+from remflow.methods.forgetting import flush, proxy, reference_ce
+from remflow.models.layers import SHARED_ID, Route, WidenableNet
+from remflow.params import MethodConfig
+from remflow.train import KeepBest, fit, make_optimizer
+
+
+class RemConfig(MethodConfig):
+    method: Literal["rem"] = "rem"
+    beta: float = Field(1.0, gt=0, description="NPO temperature")
+    gamma: float = Field(0.2, ge=0, lt=1, description="flush until Acc_base(D_f) <= gamma; proxy floor")
+    flush_max_epochs: PositiveInt = Field(100, description="cap on flush epochs per round")
+    expansion_ratio: float = Field(1.0, gt=0, le=4, description="added channels per deployed channel")
+    keep: float = Field(0.2, gt=0, lt=1, description="per-sample keep probability of an added channel")
+    cross_init: Literal["random", "zero"] = Field("random", description="added->deployed weights at expansion")
+    reference: Literal["full", "base"] = Field("full", description="mode the frozen reference runs in")
+    redirect: bool = Field(True, description="step 3.1: route re-emerging corruption into the added channels")
+    remove_in_repair: bool = Field(True, description="step 3.2: keep L_remove on D_f during repair")
+    forget_loss: Literal["npo", "ga"] = Field("npo", description="npo, or plain gradient ascent (REMMOD)")
+    ideal: bool = Field(False, description="oracle: D_f := all of D_c (an upper bound, not a method)")
+
+
+class RemNoRedirectConfig(RemConfig):
+    method: Literal["rem_noredirect"] = "rem_noredirect"
+    redirect: bool = False
+
+
+class RemNoRemoveConfig(RemConfig):
+    method: Literal["rem_noremove"] = "rem_noremove"
+    remove_in_repair: bool = False
+
+
+class RemGaConfig(RemConfig):
+    method: Literal["rem_ga"] = "rem_ga"
+    forget_loss: Literal["npo", "ga"] = "ga"
+
+
+class RemIdealConfig(RemConfig):
+    method: Literal["rem_ideal"] = "rem_ideal"
+    ideal: bool = True
+
+
+@dataclass
+class RemResult:
+    model: WidenableNet  # still widened: `unlearn` drops the added channels
+    keep: float  # the routing REM used: Route.for_batch(idx, is_forget[idx], keep=keep, seed=route_seed)
+    route_seed: int
+    is_forget: torch.Tensor
+
+    def route_ids(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.is_forget[idx], torch.full_like(idx, SHARED_ID), idx)
+
+
+def unlearn(ctx: UnlearnContext, cfg: RemConfig) -> torch.nn.Module:
+    return run_rem(ctx, cfg).model.deploy_()
+
+
+def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
+    """Steps 1-3 and the selection of step 4; returns the selected model with its added channels still on."""
+    task, model = ctx.task, ctx.model
+    recipe = ctx.recipe(cfg)
+    if cfg.ideal:
+        is_forget = torch.zeros(task.num_train, dtype=torch.bool, device=ctx.device)
+        is_forget[task.corrupted] = True
+    else:
+        is_forget = task.is_forget
+    forget = torch.nonzero(is_forget).flatten()
+    retain = torch.nonzero(~is_forget).flatten()
+
+    # -- step 1: expand (or use the ETD model's trained memorisation channels)
+    if not cfg.redirect:
+        if model.widened:
+            model.deploy_()
+        keep, route_seed = cfg.keep, 0
+    elif model.widened:
+        keep, route_seed = float(ctx.route["keep"]), int(ctx.route["seed"])
+    else:
+        model.widen_(model.added_for_ratio(cfg.expansion_ratio), seed=derive_seed(ctx.seed, "rem-expand"),
+                     cross=cfg.cross_init)
+        model.to(ctx.device)
+        if ctx.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        keep, route_seed = cfg.keep, derive_seed(ctx.seed, "rem-masks")
+    ref = ctx.frozen_copy(model)
+    ctx.note_params(model, ref)
+    full_ref = cfg.reference == "full" and model.widened
+
+    def route(batch) -> Route:
+        return Route.for_batch(batch.idx, is_forget[batch.idx], keep=keep, seed=route_seed)
+
+    forget_term = npo if cfg.forget_loss == "npo" else gradient_ascent
+    opt = make_optimizer(model.parameters(), recipe)
+    gen = ctx.generator("rem-data")
+    flush_rounds: list[int] = []
+
+    def do_flush(epoch: int) -> None:
+        flush_rounds.append(flush(
+            ctx, model, ref, opt, forget, forget_term, beta=cfg.beta, gamma=cfg.gamma,
+            max_epochs=cfg.flush_max_epochs, batch_size=recipe.batch_size, gen=gen,
+            ref_route=(lambda b: route(b)) if full_ref else (lambda b: None), label=f"flush {epoch + 1}"))
+
+    # -- step 3's per-batch loss: redirect on every sample, removal on the batch's D_f samples
+    def repair_loss(net, batch):
+        r = route(batch)
+        f = is_forget[batch.idx]
+        ce_ref = reference_ce(ref, batch, r if full_ref else None)
+        ce_base = per_sample_ce(net(batch.x), batch.y) if (cfg.remove_in_repair or not cfg.redirect) else None
+        if cfg.redirect:
+            ce_full = per_sample_ce(net(batch.x, r), batch.y)
+            fit_term = ce_full if cfg.forget_loss == "ga" else npo_redirect(ce_full, ce_ref, cfg.beta)
+        else:  # no redirection: fit the retained samples through the base model; D_f only in the removal term
+            fit_term = ce_base if cfg.forget_loss == "ga" else npo_redirect(ce_base, ce_ref, cfg.beta)
+            fit_term = torch.where(f, torch.zeros_like(fit_term), fit_term)
+        loss = fit_term
+        if cfg.remove_in_repair:
+            loss = loss + torch.where(f, forget_term(ce_base, ce_ref, cfg.beta), torch.zeros_like(ce_base))
+        return loss.mean()
+
+    # -- step 4's selection, starting from the original model
+    best = KeepBest(model, proxy(ctx, model, forget, retain, cfg.gamma))
+
+    def after_epoch(epoch: int, steps: int):
+        score = proxy(ctx, model, forget, retain, cfg.gamma)
+        best.offer(model, score, epoch + 1)
+        return {"proxy": score, "flush": flush_rounds[-1] if flush_rounds else 0}
+
+    log = fit(model, opt, repair_loss, lambda e: task.batches(task.everything, recipe.batch_size, gen),
+              epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
+              schedule=recipe.schedule, before_epoch=do_flush, after_epoch=after_epoch, label="rem repair",
+              device=ctx.device)
+    best.restore(model)
+    ctx.stats.update(flush_epochs=sum(flush_rounds), flush_rounds=flush_rounds, repair_steps=log.steps,
+                     best_epoch=best.epoch, proxy=round(best.score, 6), forgotten=len(forget),
+                     added=dict(model.added))
+    return RemResult(model, keep, route_seed, is_forget)
+
+
+_DOC = "Schoepf et al. 2026 (ICLR), arXiv 2505.17730"
+register("rem", RemConfig, summary="REM: expand, flush D_f with NPO, repair + redirect through a shared mask, "
+         "drop the added channels", reference=_DOC, uses_expansion=True)(unlearn)
+register("rem_noredirect", RemNoRedirectConfig, summary="REM ablation without redirection (step 3.1 off; "
+         "code: REMGEN)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+register("rem_noremove", RemNoRemoveConfig, summary="REM ablation without the retained removal term "
+         "(step 3.2 off; code: NPOREMMOD)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+register("rem_ga", RemGaConfig, summary="REM ablation with gradient ascent instead of NPO (code: REMMOD)",
+         reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+register("rem_ideal", RemIdealConfig, summary="REM told all of D_c (oracle upper bound, not a method; "
+         "code: REMIDEAL)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)

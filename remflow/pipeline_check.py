@@ -1,0 +1,78 @@
+"""`remflow check`: dvc.yaml must declare, per stage, exactly the params sections its command reads.
+
+An under-declared stage silently keeps a stale cache when that section changes; an over-declared one reruns
+for nothing. STAGE_READS is the one list of what each command reads; stages.py follows it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from remflow.errors import RemflowError
+from remflow.params import GridCfg, ParamsBase, read_yaml
+
+# what each command reads from params.yaml (besides validating all of it)
+STAGE_READS: dict[str, set[str]] = {
+    "corrupt": {"data", "corruption"},
+    "pretrain": {"data", "model", "pretrain", "runtime"},
+    "discover": set(),
+    "unlearn": {"data", "model", "pretrain", "unlearn", "runtime", "methods.<run>"},
+    "evaluate": {"data", "grid", "runtime", "evaluate"},
+}
+_METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
+_GRID_REF = re.compile(r"\$\{grid\.(\w+)\}")
+
+
+def _declared(params_list, stage: str, dvc_path: Path) -> set[str]:
+    keys = set()
+    for entry in params_list or []:
+        if isinstance(entry, str):
+            keys.add("methods.<run>" if _METHOD_KEY.match(entry) else entry)
+        elif isinstance(entry, dict):
+            for file, sub in entry.items():
+                if file not in ("params.yaml",):
+                    raise RemflowError(f"stage '{stage}' tracks params of another file ({file})", key=str(dvc_path),
+                                       hint="remflow stages read params.yaml only")
+                for k in sub or []:
+                    keys.add("methods.<run>" if _METHOD_KEY.match(k) else k)
+    return keys
+
+
+def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
+    dvc_path = Path(dvc_path)
+    spec = read_yaml(dvc_path)
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), dict):
+        raise RemflowError("no `stages:` mapping", key=str(dvc_path))
+    n = 0
+    for name, stage in spec["stages"].items():
+        body = stage.get("do", stage) if isinstance(stage, dict) else {}
+        cmd = body.get("cmd", "")
+        cmd = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+        m = re.search(r"\bremflow\s+(\w+)", cmd)
+        if not m:
+            continue
+        command = m.group(1)
+        if command not in STAGE_READS:
+            raise RemflowError(f"stage '{name}' runs an unknown command `remflow {command}`", key=str(dvc_path))
+        declared = _declared(body.get("params"), name, dvc_path)
+        expected = STAGE_READS[command]
+        missing, extra = sorted(expected - declared), sorted(declared - expected)
+        if missing or extra:
+            show = lambda ks: ", ".join(k.replace("<run>", "${item.method}") for k in ks)  # noqa: E731
+            parts = []
+            if missing:
+                parts.append(f"lacks {show(missing)} (a change there would not rerun it)")
+            if extra:
+                parts.append(f"declares {show(extra)}, which `remflow {command}` does not read")
+            raise RemflowError(f"stage '{name}' " + "; ".join(parts), key=f"{dvc_path}: stages.{name}.params",
+                               got=sorted(declared), hint=f"`remflow {command}` reads: {show(sorted(expected))}")
+        text = str(stage)
+        for ref in _GRID_REF.findall(text):
+            if ref not in GridCfg.model_fields:
+                raise RemflowError(f"stage '{name}' refers to ${{grid.{ref}}}, which params' grid does not have",
+                                   key=f"{dvc_path}: stages.{name}", got=ref)
+        n += 1
+    if n == 0:
+        raise RemflowError("no stage runs a remflow command", key=str(dvc_path))
+    return n

@@ -1,0 +1,145 @@
+"""Every bad input: exit code 2, a one-screen message naming the key or file, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, merge, root_params, write_yaml
+from remflow.cli import app
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_refused(result, *needles: str):
+    text = result.output
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text
+    assert len(text.splitlines()) <= 25, text  # one screen
+    for n in needles:
+        assert n in text, f"{n!r} not in:\n{text}"
+
+
+def params_file(tmp_path: Path, over: dict) -> Path:
+    return write_yaml(tmp_path / "params.yaml", merge(root_params(), over))
+
+
+def test_methods_lists_every_registered_method():
+    from remflow.methods import REGISTRY
+
+    r = invoke("methods")
+    assert r.exit_code == 0
+    for name in REGISTRY:
+        assert name in r.output
+
+
+def test_check_accepts_the_shipped_pipeline():
+    r = invoke("check", "--params", str(ROOT / "params.yaml"), "--dvc", str(ROOT / "dvc.yaml"))
+    assert r.exit_code == 0, r.output
+
+
+def test_check_finds_an_undeclared_param(tmp_path):
+    dvc = (ROOT / "dvc.yaml").read_text().replace("      - unlearn\n      - runtime\n      - methods.${item.method}\n"
+                                                    "    outs:\n      - runs/${key}\n",
+                                                    "      - runtime\n      - methods.${item.method}\n"
+                                                    "    outs:\n      - runs/${key}\n", 1)
+    (tmp_path / "dvc.yaml").write_text(dvc)
+    r = invoke("check", "--params", str(ROOT / "params.yaml"), "--dvc", str(tmp_path / "dvc.yaml"))
+    assert_refused(r, "stages.unlearn.params", "lacks unlearn")
+
+
+@pytest.mark.parametrize("over,needles", [
+    ({"model": {"widht": 8}}, ["model.widht", "unknown key"]),
+    ({"pretrain": {"epochs": "many"}}, ["pretrain.epochs", "'many'"]),
+    ({"grid": {"discovery_rates": [0.5, 1.2]}}, ["grid.discovery_rates.1", "(0, 1]", "1.2"]),
+    ({"methods": {"rem": {"method": "remm"}}}, ["methods.rem", "unknown method", "remm"]),
+])
+def test_bad_params_are_refused_before_any_work(tmp_path, over, needles):
+    out = tmp_path / "m.json"
+    r = invoke("corrupt", "--regularity", "high", "--seed", "0", "--out", str(out), "--params",
+               str(params_file(tmp_path, over)))
+    assert_refused(r, *needles)
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, cells):
+    """A manifest, a discovered set and a checkpoint to break."""
+    manifest, model = cells.pretrained("high")
+    return manifest, cells.discovered("high", 0.5), model
+
+
+def unlearn_args(tmp_path, made, **kw):
+    manifest, disc, model = made
+    args = {"method": "none", "model": model, "manifest": manifest, "discovered": disc, "out": tmp_path / "run",
+            "params": ROOT / "params.yaml", **kw}
+    return [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def test_unknown_method_flag(tmp_path, made):
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, method="nope"))
+    assert_refused(r, "methods.nope", "nope")
+    assert not (tmp_path / "run").exists()
+
+
+def test_rate_flag_outside_unit_interval(tmp_path, made):
+    r = invoke("discover", "--manifest", str(made[0]), "--rate", "1.5", "--out", str(tmp_path / "d.json"),
+               "--params", str(ROOT / "params.yaml"))
+    assert_refused(r, "--rate", "1.5")
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_truncated_checkpoint(tmp_path, made):
+    broken = tmp_path / "model.safetensors"
+    broken.write_bytes(Path(made[2]).read_bytes()[:1000])
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, model=broken))
+    assert_refused(r, "truncated", "model.safetensors")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupted_manifest(tmp_path, made):
+    m = json.loads(Path(made[0]).read_text())
+    m["labels"] = m["labels"][:-3]
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps(m))
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, manifest=bad))
+    assert_refused(r, "corrupted manifest", "m.json")
+    truncated = tmp_path / "t.json"
+    truncated.write_text(Path(made[0]).read_text()[:50])
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, manifest=truncated))
+    assert_refused(r, "not valid JSON", "t.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_discovered_index_outside_the_corrupted_set(tmp_path, made):
+    d = json.loads(Path(made[1]).read_text())
+    m = json.loads(Path(made[0]).read_text())
+    d["indices"].append(next(i for i in range(10**5) if i not in set(m["indices"])))
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps(d))
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, discovered=bad))
+    assert_refused(r, "not in the corrupted set", "d.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset(tmp_path):
+    p = params_file(tmp_path, {"data": {"dataset": "cifar10", "root": str(tmp_path / "nowhere")}})
+    r = invoke("corrupt", "--regularity", "low", "--seed", "0", "--out", str(tmp_path / "m.json"), "--params", str(p))
+    assert_refused(r, "CIFAR-10 files not found", "data.root", "data_batch_1")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_the_installed_command_exits_2_without_traceback(tmp_path):
+    """The real console script, as DVC runs it."""
+    res = subprocess.run([sys.executable, "-m", "remflow", "corrupt", "--regularity", "sideways", "--seed", "0",
+                          "--out", str(tmp_path / "m.json"), "--params", str(ROOT / "params.yaml")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--regularity" in res.stderr
+    assert not (tmp_path / "m.json").exists()

@@ -1,0 +1,77 @@
+"""The DVC pipeline end to end in a temporary git repository: caching, early cut-off, determinism, experiments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY, make_dvc_repo, merge
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = make_dvc_repo(tmp_path_factory.mktemp("dvc") / "repo", TINY)
+    first = repo.run("dvc", "repro")
+    repo.first = first
+    return repo
+
+
+def test_repro_runs_every_stage_and_writes_results(repo):
+    ran = repo.ran_stages(repo.first)
+    assert "corrupt@high-0" in ran and "pretrain@high-0-standard" in ran
+    assert {"unlearn@none-high-0.5-0", "unlearn@finetune-high-1.0-0", "evaluate"} <= set(ran)
+    metrics = json.loads((repo.path / "metrics.json").read_text())
+    assert set(metrics["summary"]) == {"none", "finetune"}
+    assert set(metrics["summary"]["none"]) == {"healed", "utility", "score"}
+    assert set(metrics["cells"]["finetune"]["high"]) == {"r50", "r100"}
+    assert all("." not in k for k in json.dumps(metrics["cells"]).split('"')[1::2])
+    header = (repo.path / "reports" / "results.csv").read_text().splitlines()[0].split(",")
+    for col in ("method", "regularity", "discovery_rate", "seed", "healed", "utility", "score", "healed_test",
+                "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed", "params_peak"):
+        assert col in header
+    assert (repo.path / "reports" / "heatmaps" / "finetune-score.png").is_file()
+    record = json.loads((repo.path / "runs" / "finetune-high-1.0-0" / "record.json").read_text())
+    assert record["unlearn_seconds"] > 0 and record["params_deployed"] > 0
+
+
+def test_second_repro_runs_nothing(repo):
+    res = repo.run("dvc", "repro")
+    assert repo.ran_stages(res) == []
+
+
+def test_adding_a_discovery_rate_runs_only_the_new_cells(repo):
+    p = repo.params()
+    p["grid"]["discovery_rates"].append(0.2)
+    repo.set_params(p)
+    ran = set(repo.ran_stages(repo.run("dvc", "repro")))
+    assert ran == {"discover@high-0.2-0", "unlearn@none-high-0.2-0", "unlearn@finetune-high-0.2-0", "evaluate"}
+    metrics = json.loads((repo.path / "metrics.json").read_text())
+    assert "r20" in metrics["cells"]["finetune"]["high"]
+
+
+def test_same_params_same_bytes(repo):
+    """A forced rerun of every stage gives byte-identical checkpoints and the same metrics (DVC's cut-off works)."""
+    files = sorted(repo.path.glob("artifacts/**/*.safetensors")) + sorted(repo.path.glob("runs/*/model.safetensors"))
+    before = {f: f.read_bytes() for f in files}
+    metrics = (repo.path / "metrics.json").read_text()
+    repo.run("dvc", "repro", "-f")
+    assert len(files) >= 7
+    for f in files:
+        assert f.read_bytes() == before[f], f
+    assert (repo.path / "metrics.json").read_text() == metrics
+
+
+@pytest.mark.slow
+def test_experiment_with_a_changed_param_shows_in_exp_show(repo):
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "results")
+    repo.run("dvc", "exp", "run", "-S", "unlearn.epochs=3", "-n", "longer")
+    shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
+    flat = json.dumps(shown)
+    assert "longer" in flat and "unlearn" in flat
+    exp = [e for rev in shown for e in (rev.get("experiments") or []) for r in e.get("revs", []) if r.get("name") == "longer"]
+    assert exp, flat[:2000]
+    data = exp[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["unlearn"]["epochs"] == 3
+    assert "summary" in data["metrics"]["metrics.json"]["data"]
