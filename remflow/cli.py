@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable
 
@@ -134,6 +135,13 @@ def unlearn(
     stages.unlearn(_params(params), run, model, manifest, discovered, out)
 
 
+class Format(str, Enum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
 @app.command()
 @guarded
 def evaluate(
@@ -141,25 +149,53 @@ def evaluate(
     metrics: Annotated[Path, typer.Option(help="nested metrics file for dvc exp show")] = Path("metrics.json"),
     reports: Annotated[Path, typer.Option(help="folder for results.csv, results.md, heatmaps")] = Path("reports"),
     method: Annotated[str | None, typer.Option(help="method of the taxonomy table")] = None,
+    metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
+    fmt: Annotated[Format, typer.Option("--format", help="how to print the tables")] = Format.table,
+    from_csv: Annotated[Path | None, typer.Option("--from-csv", help="print the tables of an existing "
+                                                  "results.csv (no scoring, nothing written)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Score every run of the grid; write results.csv, metrics.json, tables and heatmaps; print the tables."""
     import remflow
     from remflow import report
-    from remflow.evaluate import evaluate as score_runs
 
-    p = _params(params)
-    rows = score_runs(p, runs)
-    chosen = method or p.evaluate.taxonomy_method
-    if chosen is not None and chosen not in report.methods_in_order(rows):
+    if metric not in report.HEADLINE:
+        raise RemflowError("unknown metric", key="--metric", got=metric, hint="one of " + ", ".join(report.HEADLINE))
+    if from_csv is not None:
+        if not from_csv.is_file():
+            raise RemflowError("results file not found", key=str(from_csv), hint="run `dvc repro` first")
+        rows = report.read_csv(from_csv)
+        p = None
+    else:
+        from remflow.evaluate import evaluate as score_runs
+
+        p = _params(params)
+        rows, splits = score_runs(p, runs)
+    if not rows:
+        raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")
+    chosen = method or (p.evaluate.taxonomy_method if p else None) or report.methods_in_order(rows)[0]
+    if chosen not in report.methods_in_order(rows):
         raise RemflowError("no such method in the results", key="--method", got=chosen,
                            hint="one of " + ", ".join(report.methods_in_order(rows)))
-    context = {"remflow": remflow.__version__, "dataset": p.data.dataset, "runs": len(rows),
-               "params": Path(params).read_text()}
-    report.write_reports(rows, reports, metrics, context=context, taxonomy_method=chosen)
-    out.print(report.rich_summary(rows))
-    for metric in report.HEADLINE:
-        out.print(report.rich_taxonomy(rows, chosen or report.methods_in_order(rows)[0], metric))
+    if p is not None:
+        from remflow.data.datasets import describe
+
+        context = {"remflow": remflow.__version__, "dataset": f"{describe(splits)}; fingerprint {splits.fingerprint}",
+                   "runs": len(rows), "params": Path(params).read_text()}
+        report.write_reports(rows, reports, metrics, context=context, taxonomy_method=chosen)
+    report.render(rows, fmt.value, chosen, metric, out)
+
+
+@app.command()
+@guarded
+def compare(
+    method: Annotated[str | None, typer.Option(help="only this method's summary metrics")] = None,
+    repo: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+):
+    """DVC experiments side by side: the params that differ and the summary metrics of each method."""
+    from remflow.compare import compare_experiments
+
+    out.print(compare_experiments(repo, method))
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from remflow.data.corruption import load_manifest
-from remflow.data.datasets import load_splits
+from remflow.data.datasets import Splits, load_splits
 from remflow.data.task import Task, make_task
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
@@ -52,7 +52,7 @@ def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, P
     return [found[c] for c in cells]
 
 
-def evaluate(params: ParamsBase, runs_dir: str | Path) -> list[dict]:
+def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Splits]:
     """Score every run of the grid: one row per run with the metrics of paper §5.1 and its costs."""
     device = setup_runtime(params.runtime)
     splits = load_splits(params.data)
@@ -85,4 +85,4 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> list[dict]:
             "params_peak": rec["params_peak"],
             "details": rec.get("stats", {}),
         })
-    return rows
+    return rows, splits

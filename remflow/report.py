@@ -128,12 +128,29 @@ def pm(mean: float, err: float) -> str:
     return "—" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * err:.2f}"
 
 
+def summary_by_regularity(rows: list[dict], metric: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """method -> {"all" | regularity -> (mean, standard error, runs)} of `metric`."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {m: {} for m in methods_in_order(rows)}
+    for m, v in summary(rows, metric).items():
+        out[m]["all"] = v
+    for reg in regularities_of(rows):
+        for m, v in summary([r for r in rows if r["regularity"] == reg], metric).items():
+            out[m][reg] = v
+    return out
+
+
+def _best(table: dict[str, dict[str, tuple[float, float, int]]], column: str) -> float | None:
+    vals = [v[column][0] for v in table.values() if column in v and not math.isnan(v[column][0])]
+    return max(vals) if vals else None
+
+
 def markdown_summary(rows: list[dict], metrics: Iterable[str] = HEADLINE) -> str:
+    """One table: methods x headline metrics, mean ± standard error over every cell and seed, best in bold."""
     metrics = list(metrics)
     sums = {m: summary(rows, m) for m in metrics}
     best = {m: max((v[0] for v in sums[m].values() if not math.isnan(v[0])), default=None) for m in metrics}
     head = "| method | runs | " + " | ".join(TITLES.get(m, m) + " (%)" for m in metrics) + " |"
-    lines = [head, "|" + "---|" * (len(metrics) + 2)]
+    lines = [head, "|---|---:|" + "---:|" * len(metrics)]
     for meth in methods_in_order(rows):
         cells = []
         for m in metrics:
@@ -141,6 +158,21 @@ def markdown_summary(rows: list[dict], metrics: Iterable[str] = HEADLINE) -> str
             text = pm(mean, err)
             cells.append(f"**{text}**" if best[m] is not None and mean == best[m] else text)
         lines.append(f"| {meth} | {sums[metrics[0]][meth][2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_metric(rows: list[dict], metric: str) -> str:
+    """One metric: methods x (all cells, then each regularity), mean ± standard error, best in bold."""
+    table = summary_by_regularity(rows, metric)
+    cols = ["all"] + regularities_of(rows)
+    lines = [f"| {TITLES.get(metric, metric)} (%) | runs | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for meth, by in table.items():
+        cells = []
+        for c in cols:
+            mean, err, _ = by.get(c, (float("nan"), float("nan"), 0))
+            text = pm(mean, err)
+            cells.append(f"**{text}**" if mean == _best(table, c) else text)
+        lines.append(f"| {meth} | {by['all'][2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +198,8 @@ def write_reports(rows: list[dict], reports: str | Path, metrics_path: str | Pat
     md = ["# remflow results", "", f"Produced by `remflow evaluate` ({context.get('remflow', '')}).", ""]
     md += [f"- {k}: {v}" for k, v in context.items() if k != "params"]
     md += ["", "## Summary over every cell and seed (mean ± standard error)", "", markdown_summary(rows)]
+    for metric in HEADLINE:
+        md += [f"## {TITLES[metric]} by regularity", "", markdown_metric(rows, metric)]
     for metric in HEADLINE:
         md += [f"## Taxonomy: {TITLES[metric]} of {method}", "", markdown_taxonomy(rows, method, metric)]
     if "params" in context:
@@ -268,24 +302,25 @@ def write_heatmaps(rows: list[dict], folder: str | Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- terminal
 
 
-def rich_summary(rows: list[dict], metrics: Iterable[str] = HEADLINE, title: str = "Summary"):
+def rich_metric(rows: list[dict], metric: str):
+    """The terminal table of one metric: a row per method, mean ± standard error over all cells and seeds and
+    per regularity, the best value of each column in bold."""
     from rich.table import Table
 
-    metrics = list(metrics)
-    sums = {m: summary(rows, m) for m in metrics}
-    best = {m: max((v[0] for v in sums[m].values() if not math.isnan(v[0])), default=None) for m in metrics}
-    table = Table(title=f"{title}: mean ± standard error over every cell and seed (%)")
+    table_data = summary_by_regularity(rows, metric)
+    cols = ["all"] + regularities_of(rows)
+    table = Table(title=f"{TITLES.get(metric, metric)} (%): mean ± standard error over cells and seeds")
     table.add_column("method")
     table.add_column("runs", justify="right")
-    for m in metrics:
-        table.add_column(TITLES.get(m, m), justify="right")
-    for meth in methods_in_order(rows):
+    for c in cols:
+        table.add_column(c, justify="right")
+    for meth, by in table_data.items():
         cells = []
-        for m in metrics:
-            mean, err, _ = sums[m][meth]
+        for c in cols:
+            mean, err, _ = by.get(c, (float("nan"), float("nan"), 0))
             text = pm(mean, err)
-            cells.append(f"[bold]{text}[/bold]" if best[m] is not None and mean == best[m] else text)
-        table.add_row(meth, str(sums[metrics[0]][meth][2]), *cells)
+            cells.append(f"[bold]{text}[/bold]" if mean == _best(table_data, c) else text)
+        table.add_row(meth, str(by["all"][2]), *cells)
     return table
 
 
@@ -301,3 +336,34 @@ def rich_taxonomy(rows: list[dict], method: str, metric: str):
     for reg in regularities_of(rows):
         table.add_row(reg, *(pct(tab.get(reg, {}).get(r, float("nan"))) for r in rates))
     return table
+
+
+def summary_json(rows: list[dict], method: str, metric: str) -> dict[str, Any]:
+    """Machine-readable form of the terminal tables (`remflow evaluate --format json`)."""
+    out: dict[str, Any] = {"summary": {}, "taxonomy": {"method": method, "metric": metric, "cells": {}}}
+    for m in HEADLINE:
+        for meth, by in summary_by_regularity(rows, m).items():
+            for col, (mean, err, n) in by.items():
+                out["summary"].setdefault(meth, {}).setdefault(m, {})[col] = {"mean": mean, "sem": err, "runs": n}
+    for reg, by_rate in taxonomy(rows, method, metric).items():
+        out["taxonomy"]["cells"][reg] = {f"{r:g}": v for r, v in sorted(by_rate.items())}
+    return out
+
+
+def render(rows: list[dict], fmt: str, method: str, metric: str, console) -> None:
+    """Print the evaluation tables in one of the formats of `remflow evaluate --format`."""
+    if fmt == "table":
+        for m in HEADLINE:
+            console.print(rich_metric(rows, m))
+        console.print(rich_taxonomy(rows, method, metric))
+    elif fmt == "md":
+        text = markdown_summary(rows) + "\n" + "\n".join(markdown_metric(rows, m) for m in HEADLINE)
+        console.print(text + "\n" + markdown_taxonomy(rows, method, metric), markup=False, highlight=False,
+                      soft_wrap=True)
+    elif fmt == "csv":
+        console.print(csv_text(rows), markup=False, highlight=False, soft_wrap=True, end="")
+    elif fmt == "json":
+        console.print(json.dumps(summary_json(rows, method, metric), indent=2, sort_keys=True), markup=False,
+                      highlight=False, soft_wrap=True)
+    else:  # pragma: no cover - the CLI restricts the choices
+        raise ValueError(fmt)

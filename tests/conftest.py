@@ -175,7 +175,7 @@ TINY = {
     "pretrain": {"epochs": 6, "eval_every": 3},
     "unlearn": {"epochs": 2},
     "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0],
-             "methods": ["none", "finetune"], "etd_methods": [], "pretrain_variants": ["standard"]},
+             "methods": ["none", "finetune"], "etd_methods": ["none"], "pretrain_variants": ["standard", "etd"]},
     "methods": {"none": {}, "finetune": {}},
     "evaluate": {"taxonomy_method": None},
 }

@@ -21,8 +21,9 @@ def test_repro_runs_every_stage_and_writes_results(repo):
     ran = repo.ran_stages(repo.first)
     assert "corrupt@high-0" in ran and "pretrain@high-0-standard" in ran
     assert {"unlearn@none-high-0.5-0", "unlearn@finetune-high-1.0-0", "evaluate"} <= set(ran)
+    assert {"pretrain@high-0-etd", "unlearn_etd@none-high-0.5-0"} <= set(ran)
     metrics = json.loads((repo.path / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"none", "finetune"}
+    assert set(metrics["summary"]) == {"none", "finetune", "none_etd"}
     assert set(metrics["summary"]["none"]) == {"healed", "utility", "score"}
     assert set(metrics["cells"]["finetune"]["high"]) == {"r50", "r100"}
     assert all("." not in k for k in json.dumps(metrics["cells"]).split('"')[1::2])
@@ -35,6 +36,14 @@ def test_repro_runs_every_stage_and_writes_results(repo):
     assert record["unlearn_seconds"] > 0 and record["params_deployed"] > 0
 
 
+def test_dvc_plots_show_returns_the_declared_plots(repo):
+    shown = json.loads(repo.run("dvc", "plots", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "reports/results.csv" in text  # the Vega-Lite heatmap of the per-run CSV
+    assert "remflow_heatmap" in text or "utility_x_healed" in text
+    assert "finetune-score.png" in text and "best-score.png" in text  # the PNG heatmaps as image plots
+
+
 def test_second_repro_runs_nothing(repo):
     res = repo.run("dvc", "repro")
     assert repo.ran_stages(res) == []
@@ -45,7 +54,8 @@ def test_adding_a_discovery_rate_runs_only_the_new_cells(repo):
     p["grid"]["discovery_rates"].append(0.2)
     repo.set_params(p)
     ran = set(repo.ran_stages(repo.run("dvc", "repro")))
-    assert ran == {"discover@high-0.2-0", "unlearn@none-high-0.2-0", "unlearn@finetune-high-0.2-0", "evaluate"}
+    assert ran == {"discover@high-0.2-0", "unlearn@none-high-0.2-0", "unlearn@finetune-high-0.2-0",
+                   "unlearn_etd@none-high-0.2-0", "evaluate"}
     metrics = json.loads((repo.path / "metrics.json").read_text())
     assert "r20" in metrics["cells"]["finetune"]["high"]
 
@@ -56,7 +66,7 @@ def test_same_params_same_bytes(repo):
     before = {f: f.read_bytes() for f in files}
     metrics = (repo.path / "metrics.json").read_text()
     repo.run("dvc", "repro", "-f")
-    assert len(files) >= 7
+    assert len(files) >= 10
     for f in files:
         assert f.read_bytes() == before[f], f
     assert (repo.path / "metrics.json").read_text() == metrics
@@ -75,3 +85,5 @@ def test_experiment_with_a_changed_param_shows_in_exp_show(repo):
     data = exp[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["unlearn"]["epochs"] == 3
     assert "summary" in data["metrics"]["metrics.json"]["data"]
+    compared = repo.run("remflow", "compare", "--method", "finetune")
+    assert "longer" in compared.stdout and "unlearn.epochs" in compared.stdout and "finetune score" in compared.stdout

@@ -37,3 +37,40 @@ def test_rem_heals_the_backdoor_and_redirects_it(cells, rem_params):
     original = cells.original("high")
     assert healed["healed"] > original["healed"] + 0.3, (healed, original)
     assert healed["utility"] > original["utility"] - 0.03
+
+
+def test_rem_variants_are_what_they_say(cells, rem_params):
+    from remflow.models import build_model, count_params
+
+    p = rem_params
+    rec, m, task = cells.run("rem", "low", 0.5, params=p)
+    deployed = count_params(build_model(p.model, 1, 10, 8))
+    widened = count_params(build_model(p.model.model_copy(update={"width": 2 * p.model.width}), 1, 10, 8))
+    assert rec["params_deployed"] == deployed
+    assert rec["params_peak"] == 2 * widened  # the widened model and its frozen reference
+    assert rec["stats"]["added"] and rec["stats"]["forgotten"] == len(task.forget)
+
+    rec, _, _ = cells.run("rem_noredirect", "low", 0.5, params=p)
+    assert rec["stats"]["added"] == {} and rec["params_peak"] == 2 * deployed  # no expansion at all
+
+    rec, ideal, task = cells.run("rem_ideal", "low", 0.5, params=p)
+    assert rec["stats"]["forgotten"] == len(task.corrupted) > len(task.forget)  # the oracle knows all of D_c
+    assert ideal["healed"] > m["healed"]
+
+    rec, _, _ = cells.run("rem_noremove", "low", 0.5, params=p)
+    assert rec["config"]["remove_in_repair"] is False and rec["stats"]["repair_steps"] > 0
+    rec, _, _ = cells.run("rem_ga", "low", 0.5, params=p)
+    assert rec["config"]["forget_loss"] == "ga" and rec["stats"]["flush_epochs"] > 0
+
+
+def test_etd_pretraining_localises_memorisation(cells):
+    """Dropping the trained memorisation channels of an ETD model already removes memorised random labels."""
+    standard, etd = cells.original("low"), cells.original("low", variant="etd")
+    assert standard["healed"] < 0.3 and etd["healed"] > standard["healed"] + 0.5
+    assert etd["utility"] > 0.9
+
+
+def test_rem_on_the_etd_model_uses_its_memorisation_channels(cells, rem_params):
+    rec, m, _ = cells.run("rem", "high", 0.5, params=rem_params, variant="etd")
+    assert rec["pretrained"] == "etd" and rec["stats"]["added"]
+    assert m["healed"] > cells.original("high", variant="etd")["healed"] + 0.3 and m["utility"] > 0.9

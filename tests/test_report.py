@@ -1,0 +1,116 @@
+"""Tables and heatmaps against a hand-computed results.csv."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+from typer.testing import CliRunner
+
+from remflow import report
+from remflow.cli import app
+
+# two methods, two regularities, two rates, two seeds; healed/utility chosen so that the mean of per-run
+# products differs from the product of the means
+RUNS = [
+    # method, regularity, rate, seed, healed, utility
+    ("rem", "high", 0.1, 0, 0.50, 0.90),
+    ("rem", "high", 0.1, 1, 0.70, 0.80),
+    ("rem", "high", 1.0, 0, 0.90, 0.90),
+    ("rem", "high", 1.0, 1, 1.00, 1.00),
+    ("rem", "low", 0.1, 0, 0.20, 0.90),
+    ("rem", "low", 0.1, 1, 0.40, 0.90),
+    ("rem", "low", 1.0, 0, 0.80, 0.70),
+    ("rem", "low", 1.0, 1, 0.60, 0.90),
+    ("none", "high", 0.1, 0, 0.10, 0.95),
+    ("none", "high", 0.1, 1, 0.10, 0.95),
+    ("none", "high", 1.0, 0, 0.10, 0.95),
+    ("none", "high", 1.0, 1, 0.10, 0.95),
+    ("none", "low", 0.1, 0, 0.00, 0.95),
+    ("none", "low", 0.1, 1, 0.00, 0.95),
+    ("none", "low", 1.0, 0, 0.00, 0.95),
+    ("none", "low", 1.0, 1, 0.00, 0.95),
+]
+
+
+@pytest.fixture
+def rows(tmp_path):
+    text = ",".join(report.COLUMNS) + "\n"
+    for m, reg, rate, seed, h, u in RUNS:
+        values = {"method": m, "base_method": m, "pretrained": "standard", "regularity": reg, "discovery_rate": rate,
+                  "seed": seed, "healed": h, "utility": u, "score": h * u, "healed_test": h, "forget_acc": 1 - h,
+                  "unlearn_seconds": 1.5, "peak_memory_mb": 10, "params_deployed": 100, "params_peak": 400,
+                  "details": ""}
+        text += ",".join(str(values[c]) for c in report.COLUMNS) + "\n"
+    path = tmp_path / "results.csv"
+    path.write_text(text)
+    return report.read_csv(path)
+
+
+def test_means_standard_errors_and_the_per_run_product(rows):
+    healed = report.summary(rows, "healed")
+    mean, sem, n = healed["rem"]
+    values = [0.5, 0.7, 0.9, 1.0, 0.2, 0.4, 0.8, 0.6]
+    assert n == 8 and mean == pytest.approx(0.6375)
+    sd = math.sqrt(sum((v - 0.6375) ** 2 for v in values) / 7)
+    assert sem == pytest.approx(sd / math.sqrt(8))
+    score, _, _ = report.summary(rows, "score")["rem"]
+    products = [0.45, 0.56, 0.81, 1.0, 0.18, 0.36, 0.56, 0.54]
+    assert score == pytest.approx(sum(products) / 8)  # = 0.5575
+    utility = report.summary(rows, "utility")["rem"][0]
+    assert score != pytest.approx(mean * utility)  # not the product of the means (0.6375 * 0.875 = 0.5578)
+    assert report.summary(rows, "healed")["none"][1] == pytest.approx(math.sqrt(0.01 * 8 / 4 / 7) / math.sqrt(8))
+
+
+def test_taxonomy_cells_average_the_seeds(rows):
+    tab = report.taxonomy(rows, "rem", "healed")
+    assert tab["high"][0.1] == pytest.approx(0.6) and tab["low"][1.0] == pytest.approx(0.7)
+    by = report.summary_by_regularity(rows, "healed")
+    assert by["rem"]["high"][0] == pytest.approx(0.775) and by["rem"]["low"][0] == pytest.approx(0.5)
+
+
+def test_metrics_json_is_nested_without_dots(rows):
+    tree = report.metrics_tree(rows)
+    assert tree["summary"]["rem"] == {"healed": 0.6375, "utility": 0.875, "score": 0.5575}
+    assert tree["cells"]["rem"]["high"]["r10"]["healed"] == pytest.approx(0.6)
+    assert report.rate_key(0.125) == "r12p5" and report.rate_key(1.0) == "r100"
+
+
+def test_markdown_marks_the_best(rows):
+    md = report.markdown_summary(rows)
+    line = next(l for l in md.splitlines() if l.startswith("| rem"))
+    assert "**63.75 ± " in line and "**55.75 ± " in line
+    assert "**95.00 ± 0.00**" in next(l for l in md.splitlines() if l.startswith("| none"))
+    tax = report.markdown_taxonomy(rows, "rem", "score")
+    assert "| high | 50.50 | 90.50 |" in tax
+
+
+def test_heatmaps_are_pngs_of_the_declared_size(rows, tmp_path):
+    written = report.write_heatmaps(rows, tmp_path / "h")
+    assert len(written) == 2 * 3 + 1
+    for path in written.values():
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        w, h = struct.unpack(">II", data[16:24])
+        assert (w, h) == (640, 320)
+
+
+def test_evaluate_prints_every_format_from_a_csv(rows, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(report.csv_text(rows))
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "json", "--method", "rem"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["summary"]["rem"]["score"]["all"]["mean"] == pytest.approx(0.5575)
+    assert data["taxonomy"]["cells"]["high"]["0.1"] == pytest.approx(0.505)
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md"])
+    assert r.exit_code == 0 and "| rem |" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "csv"])
+    assert r.output.splitlines()[0].startswith("method,")
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path)])
+    assert r.exit_code == 0 and "Utility×Healed" in r.output and "rem" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--method", "nope"])
+    assert r.exit_code == 2 and "--method" in r.output
