@@ -25,7 +25,7 @@ from remflow.models import build_model, checkpoint_meta, count_params, load_mode
 from remflow.models.layers import Route
 from remflow.params import REGULARITIES, ParamsBase
 from remflow.progress import log
-from remflow.train import KeepBest, fit, make_optimizer, setup_runtime
+from remflow.train import KeepBest, compiled, fit, make_optimizer, setup_runtime
 
 VARIANTS = ("standard", "etd")
 
@@ -97,7 +97,8 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
         return {"val_acc": val}
 
     with measure(device) as cost:
-        fit_log = fit(model, make_optimizer(model.parameters(), recipe), loss_fn,
+        net = compiled(model, params.runtime) if route_meta is None else model
+        fit_log = fit(net, make_optimizer(model.parameters(), recipe), loss_fn,
                       lambda e: task.batches(task.everything, recipe.batch_size, gen),
                       epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
                       schedule=recipe.schedule, after_epoch=after_epoch, label=f"pretrain {variant}", device=device)

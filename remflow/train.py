@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -44,17 +45,89 @@ def setup_runtime(rt: RuntimeCfg) -> torch.device:
     return device
 
 
+def compiled(model: nn.Module, rt: RuntimeCfg) -> nn.Module:
+    """`torch.compile(model)` when `runtime.compile` is set, for plain training steps (no channel routing);
+    the parameters are shared, so checkpoints are taken from `model` itself."""
+    return torch.compile(model) if rt.compile else model
+
+
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def make_optimizer(params: Iterable[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+class SGD:
+    """SGD with momentum and L2 weight decay, the update of torch.optim.SGD (dampening 0, no Nesterov).
+
+    remflow's own because torch.optim's first step imports the compiler stack (about 1 s per stage process).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        self.param_groups = [{"params": [p for p in params if p.requires_grad], "lr": lr}]
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.state: dict[nn.Parameter, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.param_groups[0]["lr"]
+        params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self.momentum:
+            bufs = []
+            for p, g in zip(params, grads):
+                buf = self.state.get(p)
+                if buf is None:
+                    self.state[p] = buf = g.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(g)
+                bufs.append(buf)
+            grads = bufs
+        torch._foreach_add_(params, grads, alpha=-lr)
+
+
+class Adam:
+    """Adam with L2 weight decay added to the gradient, the update of torch.optim.Adam (no amsgrad)."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [{"params": [p for p in params if p.requires_grad], "lr": lr}]
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.state: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.t = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.param_groups[0]["lr"]
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for p in self.param_groups[0]["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
+            m, v = self.state.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / c2**0.5).add_(self.eps), value=-lr / c1)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], recipe: Recipe) -> SGD | Adam:
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        return Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
 def lr_factor(step: int, total: int, schedule: str) -> float:
@@ -74,7 +147,7 @@ class FitLog:
 
 def fit(
     model: nn.Module,
-    opt: torch.optim.Optimizer,
+    opt: SGD | Adam,
     loss_fn: LossFn,
     epoch_batches: Callable[[int], Iterable[Batch]],
     *,
@@ -98,6 +171,8 @@ def fit(
     """
     device = device or next(model.parameters()).device
     total = min(max_steps or epochs * steps_per_epoch, epochs * steps_per_epoch)
+    # REMFLOW_SYNC_CHECK=1 on CUDA: any host-device synchronisation inside the inner loop raises
+    sync_check = device.type == "cuda" and os.environ.get("REMFLOW_SYNC_CHECK") == "1"
     base_lrs = [g["lr"] for g in opt.param_groups]
     log = FitLog()
     with Progress(label, total=epochs) as bar:
@@ -109,6 +184,8 @@ def fit(
             model.train()
             loss_sum = torch.zeros((), device=device)
             n = 0
+            if sync_check:
+                torch.cuda.set_sync_debug_mode("error")
             for batch in epoch_batches(epoch):
                 f = lr_factor(log.steps, total, schedule)
                 for g, lr in zip(opt.param_groups, base_lrs):
@@ -125,6 +202,8 @@ def fit(
                 log.steps += 1
                 if log.steps >= total:
                     break
+            if sync_check:
+                torch.cuda.set_sync_debug_mode("default")
             entry = {"epoch": epoch + 1, "steps": log.steps, "loss": float(loss_sum) / max(n, 1)}
             if after_epoch is not None:
                 entry.update(after_epoch(epoch, log.steps) or {})

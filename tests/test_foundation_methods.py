@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_the_backdoor_works_and_retraining_on_full_discovery_heals_it(cells):
     original = cells.original("high")
@@ -28,4 +30,14 @@ def test_the_original_model_has_memorised_every_corruption(cells):
 
 def test_finetune_keeps_utility(cells):
     record, m, _ = cells.run("finetune", "medium", 1.0)
+    assert m["utility"] > 0.9 and record["stats"]["steps"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_a_working_model(cells):
+    """runtime.compile routes the plain training step through torch.compile (meant for CUDA; checked on CPU)."""
+    from conftest import make_params
+
+    params = make_params({"runtime": {"compile": True}, "methods": {"finetune": {"epochs": 2}}})
+    record, m, _ = cells.run("finetune", "low", 1.0, params=params)
     assert m["utility"] > 0.9 and record["stats"]["steps"] > 0

@@ -118,3 +118,26 @@ def test_npo_gradient_equals_gradient_ascent_at_the_reference():
     ce = torch.tensor([5.0], requires_grad=True)
     npo(ce, torch.tensor([0.1])).sum().backward()
     assert 0 < -ce.grad.item() < 0.02
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_remflows_optimisers_match_torch_optim(kind):
+    from remflow.params import Recipe
+    from remflow.train import make_optimizer
+
+    torch.manual_seed(0)
+    a = build_model(CnnCfg(name="cnn", width=4), 1, 10, 8)
+    b = build_model(CnnCfg(name="cnn", width=4), 1, 10, 8)
+    b.load_state_dict(a.state_dict())
+    recipe = Recipe(optimizer=kind, lr=0.05 if kind == "sgd" else 1e-3, epochs=1, schedule="constant")
+    ours = make_optimizer(a.parameters(), recipe)
+    theirs = (torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) if kind == "sgd"
+              else torch.optim.Adam(b.parameters(), lr=1e-3, weight_decay=5e-4))
+    for step in range(5):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        for model, opt in ((a, ours), (b, theirs)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)

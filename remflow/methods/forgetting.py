@@ -39,11 +39,46 @@ def reference_ce(ref: nn.Module, batch, route: Route | None) -> torch.Tensor:
         return per_sample_ce(ref(batch.x, route) if route is not None else ref(batch.x), batch.y)
 
 
+class ReferenceCE:
+    """The frozen reference's per-sample cross-entropy for a batch.
+
+    The reference runs in eval mode, so without augmentation its output for a sample never changes: then it is
+    computed once for the whole training set (in large batches) and looked up, instead of once per step.
+    `ids(idx)` gives the routing ids of samples (D_f's shared id) when the reference runs in full mode.
+    """
+
+    def __init__(self, ctx: UnlearnContext, ref: nn.Module, *, keep: float = 0.2, seed: int = 0,
+                 ids: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True):
+        t = ctx.task
+        self.ref, self.keep, self.seed, self.ids = ref, keep, seed, ids
+        self.table: torch.Tensor | None = None
+        if reuse and not (t.augment.crop_padding or t.augment.flip):
+            out = []
+            bs = ctx.params.runtime.eval_batch_size
+            with torch.no_grad():
+                for s in range(0, t.num_train, bs):
+                    idx = t.everything[s : s + bs]
+                    out.append(per_sample_ce(self._forward(t.inputs(t.train_x[idx], t.triggered[idx], None), idx),
+                                             t.train_y[idx]))
+            self.table = torch.cat(out)
+
+    def _forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.ids is None:
+            return self.ref(x)
+        return self.ref(x, Route(self.ids(idx), keep=self.keep, seed=self.seed))
+
+    def __call__(self, batch) -> torch.Tensor:
+        if self.table is not None:
+            return self.table[batch.idx]
+        with torch.no_grad():
+            return per_sample_ce(self._forward(batch.x, batch.idx), batch.y)
+
+
 def flush(
     ctx: UnlearnContext,
     model: nn.Module,
     ref: nn.Module,
-    opt: torch.optim.Optimizer,
+    opt,
     forget: torch.Tensor,
     loss: ForgetLoss,
     *,
@@ -52,16 +87,18 @@ def flush(
     max_epochs: int,
     batch_size: int,
     gen: torch.Generator,
-    ref_route: Callable[[object], Route | None] = lambda batch: None,
+    ref_ce: Callable[[object], torch.Tensor] | None = None,
     after_epoch=None,
     label: str = "flush",
 ) -> int:
-    """Epochs of `loss` on D_f through the base model until Acc(D_f) <= gamma or `max_epochs`; returns epochs run."""
+    """Epochs of `loss` on D_f through the base model until Acc(D_f) <= gamma or `max_epochs`; returns epochs run.
+    `ref_ce(batch)` gives the reference's per-sample CE (default: `ref` in base mode)."""
     task = ctx.task
+    ref_ce = ref_ce or (lambda batch: reference_ce(ref, batch, None))
 
     def step_loss(net, batch):
         ce = per_sample_ce(net(batch.x), batch.y)
-        return loss(ce, reference_ce(ref, batch, ref_route(batch)), beta).mean()
+        return loss(ce, ref_ce(batch), beta).mean()
 
     log = fit(model, opt, step_loss, lambda e: task.batches(forget, batch_size, gen), epochs=max_epochs,
               steps_per_epoch=task.num_batches(len(forget), batch_size), schedule="constant",
@@ -89,6 +126,6 @@ def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) ->
 
     epochs = flush(ctx, model, ref, opt, task.forget, loss, beta=getattr(cfg, "beta", 1.0), gamma=cfg.gamma,
                    max_epochs=recipe.epochs, batch_size=recipe.batch_size, gen=ctx.generator(label),
-                   after_epoch=after_epoch, label=label)
+                   ref_ce=ReferenceCE(ctx, ref), after_epoch=after_epoch, label=label)
     ctx.stats.update(forget_epochs=epochs, best_epoch=best.epoch, proxy=round(best.score, 6))
     return best.restore(model)

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from remflow.methods.base import UnlearnContext, register
 from remflow.params import MethodConfig
-from remflow.train import KeepBest, cross_entropy, fit, make_optimizer
+from remflow.train import KeepBest, compiled, cross_entropy, fit, make_optimizer
 
 
 class RetrainConfig(MethodConfig):
@@ -32,7 +32,8 @@ def train_on(ctx: UnlearnContext, model, indices, recipe, epochs: int, label: st
         best.offer(model, val, epoch + 1)
         return {"val_acc": val}
 
-    log = fit(model, opt, cross_entropy, lambda e: task.batches(indices, recipe.batch_size, gen),
+    log = fit(compiled(model, ctx.params.runtime), opt, cross_entropy,
+              lambda e: task.batches(indices, recipe.batch_size, gen),
               epochs=epochs, steps_per_epoch=task.num_batches(len(indices), recipe.batch_size),
               schedule=recipe.schedule, after_epoch=after_epoch, label=label, device=ctx.device)
     ctx.stats.update(steps=log.steps, best_epoch=best.epoch)

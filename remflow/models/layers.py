@@ -29,8 +29,8 @@ SHARED_ID = 2**31 - 1  # the mask id every discovered sample shares (outside any
 CrossInit = Literal["random", "zero"]
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit integer mixer on int64 tensors holding values in [0, 2**32)."""
+def _mix32(x):
+    """A bijective 32-bit integer mixer, on Python ints or int64 tensors holding values in [0, 2**32)."""
     x = x ^ (x >> 16)
     x = (x * _MUL) & M32
     x = x ^ (x >> 16)
@@ -44,8 +44,8 @@ def group_code(name: str) -> int:
 
 def channel_keep(ids: torch.Tensor, n: int, *, keep: float, seed: int, group: str) -> torch.Tensor:
     """(B, n) bool: whether sample id `ids[b]` may use added channel c of `group`. Pure function of its inputs."""
-    salt = _mix32(torch.tensor((seed * 0x9E3779B1 + group_code(group)) & M32, dtype=torch.int64))
-    h = _mix32((ids.to(torch.int64) ^ salt.to(ids.device)) & M32)
+    salt = _mix32((seed * 0x9E3779B1 + group_code(group)) & M32)  # a Python int: no host-device copy
+    h = _mix32((ids.to(torch.int64) ^ salt) & M32)
     h = _mix32((h[:, None] + torch.arange(n, device=ids.device, dtype=torch.int64)) & M32)
     return h < int(round(keep * 2**32))
 

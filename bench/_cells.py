@@ -1,0 +1,75 @@
+"""Benchmark plumbing: prepare cells with the remflow CLI in a scratch folder and run methods as separate
+processes, exactly as `dvc repro` runs them, reading their run records (time, peak memory, parameters)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+class Bench:
+    def __init__(self, params: Path = ROOT / "params.yaml", over: dict | None = None, workdir: Path | None = None):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="remflow-bench-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        raw = YAML(typ="safe", pure=True).load(Path(params).read_text())
+        self.raw = merge(raw, over or {})
+        self.params = self.dir / "params.yaml"
+        self._write(self.params, self.raw)
+        self.env = {**os.environ, "REMFLOW_PROGRESS": "plain"}
+
+    @staticmethod
+    def _write(path: Path, data: dict) -> None:
+        y = YAML()
+        y.default_flow_style = None
+        with open(path, "w") as f:
+            y.dump(data, f)
+
+    def variant(self, name: str, over: dict) -> Path:
+        """A params file with `over` applied, for a second configuration of the same cells."""
+        path = self.dir / f"params-{name}.yaml"
+        self._write(path, merge(self.raw, over))
+        return path
+
+    def remflow(self, *args: str, params: Path | None = None) -> None:
+        cmd = [sys.executable, "-m", "remflow", *args, "--params", str(params or self.params)]
+        res = subprocess.run(cmd, cwd=self.dir, env=self.env, capture_output=True, text=True)
+        if res.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+
+    def prepare(self, regularity: str, rate: float, seed: int = 0) -> dict[str, Path]:
+        d = self.dir
+        manifest = d / f"corrupt/{regularity}-{seed}.json"
+        model = d / f"pretrain/{regularity}-{seed}/model.safetensors"
+        disc = d / f"discover/{regularity}-{rate}-{seed}.json"
+        if not manifest.exists():
+            self.remflow("corrupt", "--regularity", regularity, "--seed", str(seed), "--out", str(manifest))
+        if not model.exists():
+            self.remflow("pretrain", "--manifest", str(manifest), "--out", str(model.parent))
+        if not disc.exists():
+            self.remflow("discover", "--manifest", str(manifest), "--rate", str(rate), "--out", str(disc))
+        return {"manifest": manifest, "model": model, "discovered": disc}
+
+    def unlearn(self, method: str, regularity: str, rate: float, seed: int = 0, params: Path | None = None,
+                tag: str = "") -> dict:
+        inputs = self.prepare(regularity, rate, seed)
+        out = self.dir / "runs" / f"{method}{tag}-{regularity}-{rate}-{seed}"
+        self.remflow("unlearn", "--method", method, "--model", str(inputs["model"]), "--manifest",
+                     str(inputs["manifest"]), "--discovered", str(inputs["discovered"]), "--out", str(out),
+                     params=params)
+        return json.loads((out / "record.json").read_text())
