@@ -87,3 +87,24 @@ def test_experiment_with_a_changed_param_shows_in_exp_show(repo):
     assert "summary" in data["metrics"]["metrics.json"]["data"]
     compared = repo.run("remflow", "compare", "--method", "finetune")
     assert "longer" in compared.stdout and "unlearn.epochs" in compared.stdout and "finetune score" in compared.stdout
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_in_parallel_workers(repo):
+    import time
+
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "before queue", check=False)
+    repo.run("dvc", "exp", "run", "--queue", "-S", "grid.seeds=[1]", "-n", "seed1")
+    repo.run("dvc", "exp", "run", "--queue", "-S", "unlearn.lr=0.02", "-n", "lr02")
+    repo.run("dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = repo.run("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status + repo.run("dvc", "queue", "logs", "seed1", check=False).stdout
+    repo.run("dvc", "queue", "stop", check=False)
+    shown = json.dumps(json.loads(repo.run("dvc", "exp", "show", "--json").stdout))
+    assert '"seed1"' in shown and '"lr02"' in shown

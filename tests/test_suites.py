@@ -1,0 +1,123 @@
+"""The suites under pipelines/: one dvc.yaml for all, valid params, and a smoke run of each on small files in
+the dataset's real on-disk format (the suite's params with pipelines/smoke.yaml applied)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ruamel.yaml import YAML
+
+from conftest import ROOT, DvcRepo, merge, write_yaml
+from remflow.params import load_params
+from remflow.pipeline_check import check_pipeline
+
+SUITES = sorted(p.name for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").is_file())
+SMALL_MODELS = {
+    "cnn": {"width": 4},
+    "resnet9": {"width": 4},
+    "vit": {"patch": 8, "dim": 32, "depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 32},
+}
+
+
+def test_there_are_the_three_suites():
+    assert {"cifar10-resnet9", "svhn-vit", "fashion-mnist"} <= set(SUITES)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_uses_the_root_pipeline_and_checks(suite):
+    folder = ROOT / "pipelines" / suite
+    own = (folder / "dvc.yaml").read_text()
+    assert own == (ROOT / "dvc.yaml").read_text().replace("  - code: remflow\n", "  - code: ../../remflow\n")
+    params = load_params(folder / "params.yaml")
+    assert check_pipeline(params, folder / "dvc.yaml") >= 6
+    # every registered method runs in the suite
+    from remflow.methods import REGISTRY
+
+    if suite != "svhn-vit":  # the ViT suite leaves out the REM ablations (GPU time)
+        assert set(REGISTRY) <= set(params.grid.methods), set(REGISTRY) - set(params.grid.methods)
+
+
+# ---------------------------------------------------------------- small files in the real formats
+
+
+def write_cifar(root: Path, n: int = 120) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 96, (n, 3, 32, 32), dtype=np.uint8)
+        data[np.arange(n), labels % 3] += 150  # a learnable signal: the class picks the bright channel
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data.reshape(n, -1), "labels": labels.tolist()}, f)
+
+
+def write_svhn(root: Path, n: int = 600) -> None:
+    from scipy.io import savemat
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        y = rng.integers(1, 11, n)
+        x = rng.integers(0, 96, (32, 32, 3, n), dtype=np.uint8)
+        x[:, :, (y % 3), np.arange(n)] += 150
+        savemat(root / name, {"X": x, "y": y.reshape(-1, 1)})
+
+
+def write_fashion(root: Path, n: int = 600) -> None:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def idx(name, arr):
+        header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+        (root / name).write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+    for prefix in ("train", "t10k"):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28))
+        x[np.arange(n), 2 * y + 3, :] = 255  # a learnable signal: the class picks a bright row
+        idx(f"{prefix}-images-idx3-ubyte.gz", x)
+        idx(f"{prefix}-labels-idx1-ubyte.gz", y)
+
+
+WRITERS = {"cifar10": write_cifar, "svhn": write_svhn, "fashion_mnist": write_fashion}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_smoke_run(tmp_path, suite):
+    repo_dir = tmp_path / "repo"
+    (repo_dir / "pipelines").mkdir(parents=True)
+    shutil.copytree(ROOT / "remflow", repo_dir / "remflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / ".dvcignore", repo_dir / ".dvcignore")
+    folder = repo_dir / "pipelines" / suite
+    shutil.copytree(ROOT / "pipelines" / suite, folder)
+    params = YAML(typ="safe", pure=True).load((folder / "params.yaml").read_text())
+    smoke = YAML(typ="safe", pure=True).load((ROOT / "pipelines" / "smoke.yaml").read_text())
+    data_root = repo_dir / "data" / suite
+    WRITERS[params["data"]["dataset"]](data_root)
+    over = merge(smoke, {"data": {"root": str(data_root)}, "model": SMALL_MODELS[params["model"]["name"]]})
+    write_yaml(folder / "params.yaml", merge(params, over))
+
+    repo = DvcRepo(repo_dir)
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.run("dvc", "init", "-q")
+    (repo_dir / ".dvc" / "plots").mkdir(exist_ok=True)
+    shutil.copy(ROOT / ".dvc" / "plots" / "remflow_heatmap.json", repo_dir / ".dvc" / "plots")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "suite")
+    repo.path = folder
+    repo.run("dvc", "repro")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    p = load_params(folder / "params.yaml")
+    expected = set(p.grid.methods) | {f"{m}_etd" for m in p.grid.etd_methods}
+    assert set(metrics["summary"]) == expected
+    rows = (folder / "reports" / "results.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(expected) * len(p.grid.regularities)
