@@ -3,6 +3,8 @@
 from remflow.methods.base import REGISTRY, Method, UnlearnContext, derive_seed, register
 
 # importing a module registers its method; the order is the order `remflow methods` lists them in
-from remflow.methods import none, retrain, finetune, rem  # noqa: E402,F401  isort: skip
+from remflow.methods import (  # noqa: E402,F401  isort: skip
+    none, retrain, finetune, rem, ga, npo, neggrad_plus, scrub, bad_teacher, salun, ssd, potion,
+)
 
 __all__ = ["REGISTRY", "Method", "UnlearnContext", "derive_seed", "register"]
