@@ -74,3 +74,13 @@ def test_rem_on_the_etd_model_uses_its_memorisation_channels(cells, rem_params):
     rec, m, _ = cells.run("rem", "high", 0.5, params=rem_params, variant="etd")
     assert rec["pretrained"] == "etd" and rec["stats"]["added"]
     assert m["healed"] > cells.original("high", variant="etd")["healed"] + 0.3 and m["utility"] > 0.9
+
+
+def test_rem_with_the_removal_pass_on_forget_samples_only_still_heals(cells):
+    # the measured speed-up (the repair's base pass on the batch's D_f samples only) must not undo the healing
+    p = make_params({"methods": {"rem": {"removal_pass": "forget"}}})
+    rec, after, _ = cells.run("rem", "high", 0.5, params=p)
+    original = cells.original("high")
+    assert rec["config"]["removal_pass"] == "forget" and rec["stats"]["repair_steps"] > 0
+    assert after["healed"] > original["healed"] + 0.3, (after, original)
+    assert after["utility"] > original["utility"] - 0.05
