@@ -30,6 +30,15 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
+
+def _wide() -> Console:
+    """The console for tables: piped or captured output has no terminal width, so do not cut tables at 80 columns."""
+    return out if out.is_terminal else Console(width=400)
+
+
+def _print_table(table) -> None:
+    _wide().print(table)
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", show_default=True)]
 
 
@@ -183,7 +192,7 @@ def evaluate(
         context = {"remflow": remflow.__version__, "dataset": f"{describe(splits)}; fingerprint {splits.fingerprint}",
                    "runs": len(rows), "params": Path(params).read_text()}
         report.write_reports(rows, reports, metrics, context=context, taxonomy_method=chosen)
-    report.render(rows, fmt.value, chosen, metric, out)
+    report.render(rows, fmt.value, chosen, metric, _wide())
 
 
 @app.command()
@@ -195,7 +204,7 @@ def compare(
     """DVC experiments side by side: the params that differ and the summary metrics of each method."""
     from remflow.compare import compare_experiments
 
-    out.print(compare_experiments(repo, method))
+    _print_table(compare_experiments(repo, method))
 
 
 @app.command()
@@ -215,7 +224,7 @@ def methods():
         cfg = m.config()
         own = {k: v for k, v in cfg.model_dump().items() if k != "method" and (k not in base_fields or v is not None)}
         table.add_row(name, m.summary, m.reference, ", ".join(f"{k}={v}" for k, v in own.items()) or "-")
-    out.print(table)
+    _print_table(table)
 
 
 @app.command()
