@@ -6,6 +6,7 @@ artifacts atomically. Bad input exits with code 2 and a one-screen message namin
 
 from __future__ import annotations
 
+import csv
 import functools
 import sys
 from enum import Enum
@@ -14,6 +15,7 @@ from typing import Annotated, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -51,18 +53,19 @@ def _report_error(e: RemflowError) -> None:
         table.add_column("problem")
         table.add_column("given")
         for key, problem, got in e.problems[:12]:
-            table.add_row(key, problem, got)
+            table.add_row(escape(str(key)), escape(str(problem)), escape(str(got)))
         if len(e.problems) > 12:
             table.add_row("...", f"{len(e.problems) - 12} more", "")
-        err.print(Panel(table, title=f"[red]invalid parameters[/red] in {e.path}", title_align="left"))
+        err.print(Panel(table, title=f"[red]invalid parameters[/red] in {escape(str(e.path))}", title_align="left"))
         return
-    lines = [f"[bold]{e.message}[/bold]"]
+    # user text (paths, values, messages quoting them) is escaped: "[x]" in a file name must print as itself
+    lines = [f"[bold]{escape(e.message)}[/bold]"]
     if e.key is not None:
-        lines.append(f"where: {e.key}")
+        lines.append(f"where: {escape(str(e.key))}")
     if e.got is not None:
-        lines.append(f"given: {e.got!r}")
+        lines.append(f"given: {escape(repr(e.got))}")
     if e.hint:
-        lines.append(f"fix:   {e.hint}")
+        lines.append(f"fix:   {escape(e.hint)}")
     err.print(Panel("\n".join(lines), title="[red]remflow: error[/red]", title_align="left"), markup=True)
 
 
@@ -78,6 +81,18 @@ def guarded(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _check_csv_shape(path: Path) -> None:
+    """Every line of a results CSV has the header's number of fields (a cut or hand-edited file does not)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise ValueError("the file is empty")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise ValueError(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
 
 
 def _params(path: Path):
@@ -173,7 +188,15 @@ def evaluate(
     if from_csv is not None:
         if not from_csv.is_file():
             raise RemflowError("results file not found", key=str(from_csv), hint="run `dvc repro` first")
-        rows = report.read_csv(from_csv)
+        try:
+            _check_csv_shape(from_csv)
+            rows = report.read_csv(from_csv)
+            missing = {"method", "regularity", "discovery_rate", "healed", "utility", "score"} - set(rows[0] if rows else {})
+            if missing:
+                raise KeyError("missing columns " + ", ".join(sorted(missing)))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
+            raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(from_csv),
+                               hint="pass a reports/results.csv written by `remflow evaluate`") from None
         p = None
     else:
         from remflow.evaluate import evaluate as score_runs

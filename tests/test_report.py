@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import struct
 
@@ -114,3 +115,22 @@ def test_evaluate_prints_every_format_from_a_csv(rows, tmp_path):
     assert r.exit_code == 0 and "Utility×Healed" in r.output and "rem" in r.output
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--method", "nope"])
     assert r.exit_code == 2 and "--method" in r.output
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no_columns", "bad_number", "binary"])
+def test_evaluate_from_a_damaged_csv_is_a_clear_error(rows, tmp_path, damage):
+    path = tmp_path / "[x] r.csv"  # rich markup in a path must print as itself
+    text = report.csv_text(rows)
+    if damage == "truncated":
+        head, first = text.splitlines()[:2]
+        path.write_text(head + "\n" + first[: len(first) // 2] + "\n")
+    elif damage == "no_columns":
+        path.write_text("a,b\n1,2\n")
+    elif damage == "bad_number":
+        path.write_text(text.replace(",0.1,", ",zero point one,", 1))
+    else:
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    r = CliRunner().invoke(app, ["evaluate", "--from-csv", str(path)])
+    assert r.exit_code == 2, r.output
+    flat = re.sub(r"[\s│]", "", r.output)  # the panel may wrap the long temporary path
+    assert "Traceback" not in r.output and "[x]r.csv" in flat
