@@ -191,7 +191,8 @@ def evaluate(
         try:
             _check_csv_shape(from_csv)
             rows = report.read_csv(from_csv)
-            missing = {"method", "regularity", "discovery_rate", "healed", "utility", "score"} - set(rows[0] if rows else {})
+            needed = {"method", "regularity", "discovery_rate", "healed", "utility", "score"}
+            missing = needed - set(rows[0] if rows else {})
             if missing:
                 raise KeyError("missing columns " + ", ".join(sorted(missing)))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
