@@ -33,6 +33,36 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _read_results(paths: list[Path]) -> list[dict]:
+    """The rows of one or more results.csv files; a run (method, cell, seed) may appear in only one of them."""
+    from remflow import report
+
+    rows: list[dict] = []
+    seen: dict[tuple, Path] = {}
+    needed = {"method", "regularity", "discovery_rate", "seed", "healed", "utility", "score"}
+    for path in paths:
+        if not path.is_file():
+            raise RemflowError("results file not found", key=str(path), hint="run `dvc repro` first")
+        try:
+            _check_csv_shape(path)
+            part = report.read_csv(path)
+            missing = needed - set(part[0] if part else {})
+            if missing:
+                raise KeyError("missing columns " + ", ".join(sorted(missing)))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
+            raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(path),
+                               hint="pass a reports/results.csv written by `remflow evaluate`") from None
+        for r in part:
+            run = (r["method"], r["regularity"], r["discovery_rate"], r["seed"])
+            if run in seen:
+                raise RemflowError(f"the same run is in two results files: {seen[run]} and {path}", key=str(path),
+                                   got=f"{run[0]} {run[1]} rate {run[2]:g} seed {run[3]}",
+                                   hint="pool files of disjoint grids (other seeds, regularities or rates)")
+            seen[run] = path
+        rows += part
+    return rows
+
+
 def _wide() -> Console:
     """The console for tables: piped or captured output has no terminal width, so do not cut tables at 80 columns."""
     return out if out.is_terminal else Console(width=400)
@@ -175,8 +205,10 @@ def evaluate(
     method: Annotated[str | None, typer.Option(help="method of the taxonomy table")] = None,
     metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
     fmt: Annotated[Format, typer.Option("--format", help="how to print the tables")] = Format.table,
-    from_csv: Annotated[Path | None, typer.Option("--from-csv", help="print the tables of an existing "
-                                                  "results.csv (no scoring, nothing written)")] = None,
+    from_csv: Annotated[list[Path] | None, typer.Option("--from-csv", metavar="<path>",
+                        help="print the tables of existing "
+                        "results.csv files (no scoring, nothing written); repeat it to pool several runs of a "
+                        "split grid")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Score every run of the grid; write results.csv, metrics.json, tables and heatmaps; print the tables."""
@@ -185,19 +217,8 @@ def evaluate(
 
     if metric not in report.HEADLINE:
         raise RemflowError("unknown metric", key="--metric", got=metric, hint="one of " + ", ".join(report.HEADLINE))
-    if from_csv is not None:
-        if not from_csv.is_file():
-            raise RemflowError("results file not found", key=str(from_csv), hint="run `dvc repro` first")
-        try:
-            _check_csv_shape(from_csv)
-            rows = report.read_csv(from_csv)
-            needed = {"method", "regularity", "discovery_rate", "healed", "utility", "score"}
-            missing = needed - set(rows[0] if rows else {})
-            if missing:
-                raise KeyError("missing columns " + ", ".join(sorted(missing)))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
-            raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(from_csv),
-                               hint="pass a reports/results.csv written by `remflow evaluate`") from None
+    if from_csv:
+        rows = _read_results(from_csv)
         p = None
     else:
         from remflow.evaluate import evaluate as score_runs

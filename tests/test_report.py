@@ -134,3 +134,24 @@ def test_evaluate_from_a_damaged_csv_is_a_clear_error(rows, tmp_path, damage):
     assert r.exit_code == 2, r.output
     flat = re.sub(r"[\s│]", "", r.output)  # the panel may wrap the long temporary path
     assert "Traceback" not in r.output and "[x]r.csv" in flat
+
+
+def test_evaluate_pools_the_results_of_a_split_grid(rows, tmp_path):
+    # a grid run as two experiments, one per seed: pooled, the tables are those of the whole grid
+    whole, seed0, seed1 = tmp_path / "whole.csv", tmp_path / "s0.csv", tmp_path / "s1.csv"
+    whole.write_text(report.csv_text(sorted(rows, key=lambda r: r["seed"])))  # the pooled order: sums match
+    seed0.write_text(report.csv_text([r for r in rows if r["seed"] == 0]))
+    seed1.write_text(report.csv_text([r for r in rows if r["seed"] == 1]))
+    runner = CliRunner()
+    args = ["evaluate", "--format", "json", "--method", "rem"]
+    one = runner.invoke(app, [*args, "--from-csv", str(whole)])
+    pooled = runner.invoke(app, [*args, "--from-csv", str(seed0), "--from-csv", str(seed1)])
+    half = runner.invoke(app, [*args, "--from-csv", str(seed0)])
+    assert one.exit_code == pooled.exit_code == half.exit_code == 0, pooled.output
+    assert json.loads(pooled.output) == json.loads(one.output)
+    assert json.loads(half.output) != json.loads(one.output)
+    # the same run in two files is double counting: a clear error naming both
+    r = runner.invoke(app, [*args, "--from-csv", str(seed0), "--from-csv", str(whole)])
+    assert r.exit_code == 2, r.output
+    flat = re.sub(r"[\s│]", "", r.output)
+    assert "Traceback" not in r.output and "s0.csv" in flat and "whole.csv" in flat and "seed0" in flat
