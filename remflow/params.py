@@ -155,6 +155,9 @@ class PretrainCfg(Recipe):
     epochs: PositiveInt = 41
     schedule: Literal["warmup_linear", "constant"] = "warmup_linear"
     eval_every: PositiveInt = Field(5, description="epochs between validation checks (best checkpoint kept)")
+    select: Literal["best_val", "last"] = Field(
+        "best_val", description="checkpoint kept: best validation accuracy (the paper keeps the best test "
+        "accuracy) or the last epoch (for a validation split too small to tell the epochs apart)")
     etd: EtdCfg = EtdCfg()
 
 

@@ -102,7 +102,10 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
                       lambda e: task.batches(task.everything, recipe.batch_size, gen),
                       epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
                       schedule=recipe.schedule, after_epoch=after_epoch, label=f"pretrain {variant}", device=device)
-    best.restore(model)
+    if recipe.select == "best_val":
+        best.restore(model)
+    else:  # "last": the model as training left it, fully through the schedule
+        best.epoch, best.score = len(fit_log.epochs), _val_acc(model, task, params)
     meta = checkpoint_meta(model, params.model, splits, variant=variant, route=route_meta)
     train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed, "best_epoch": best.epoch,
                  "best_val_acc": best.score, "steps": fit_log.steps, "epochs": fit_log.epochs,

@@ -16,6 +16,13 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Numerics switches (tests/README.md): the behaviour tests must hold on any CPU, so they are run under
+# perturbed numerics too. REMFLOW_TEST_SEED moves the seed of the session's corrupted cells (corruption,
+# initialisation, data order, discovery: everything derives from it); REMFLOW_TEST_THREADS sets the torch
+# threads of every stage (another summation order in the CPU kernels, hence another trajectory).
+SEED = int(os.environ.get("REMFLOW_TEST_SEED", "0"))
+THREADS = int(os.environ["REMFLOW_TEST_THREADS"]) if os.environ.get("REMFLOW_TEST_THREADS") else None
+
 
 def root_params() -> dict:
     return YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
@@ -34,7 +41,10 @@ def merge(base: dict, over: dict) -> dict:
 def make_params(over: dict | None = None):
     from remflow.params import validate
 
-    return validate(merge(root_params(), over or {}))
+    data = merge(root_params(), over or {})
+    if THREADS is not None:
+        data = merge(data, {"runtime": {"threads": THREADS}})
+    return validate(data)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -64,9 +74,9 @@ class Cells:
 
         key = f"{regularity}-{variant}"
         if key not in self._models:
-            manifest = self.root / "corrupt" / f"{regularity}-0.json"
+            manifest = self.root / "corrupt" / f"{regularity}-{SEED}.json"
             if not manifest.exists():
-                stages.corrupt(self.params, regularity, 0, manifest)
+                stages.corrupt(self.params, regularity, SEED, manifest)
             out = self.root / "pretrain" / key
             stages.pretrain(self.params, manifest, out, variant)
             self._models[key] = (manifest, out / "model.safetensors")
@@ -76,7 +86,7 @@ class Cells:
         from remflow import stages
 
         manifest, _ = self.pretrained(regularity)
-        path = self.root / "discover" / f"{regularity}-{rate}-0.json"
+        path = self.root / "discover" / f"{regularity}-{rate}-{SEED}.json"
         if not path.exists():
             stages.discover(self.params, manifest, rate, path)
         return path
