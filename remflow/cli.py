@@ -257,7 +257,7 @@ def compare(
 def methods():
     """List every registered method with its defaults."""
     from remflow.methods import REGISTRY
-    from remflow.params import MethodConfig
+    from remflow.methods.base import MethodConfig
 
     base_fields = set(MethodConfig.model_fields)
     table = Table(title="remflow methods (defaults: the paper's; recipe fields left empty use `unlearn:`)")
@@ -278,10 +278,21 @@ def check(
     params: ParamsOpt = Path("params.yaml"),
     dvc: Annotated[Path, typer.Option(help="the pipeline file to check against the schema")] = Path("dvc.yaml"),
 ):
-    """Validate params and check that dvc.yaml's per-stage `params:` lists match what each stage reads."""
+    """Validate params (every cross-field rule the stages enforce) and check that dvc.yaml's per-stage `params:`
+    lists match what each stage reads."""
+    from remflow.data.corruption import check_corruption
+    from remflow.data.datasets import load_splits
     from remflow.pipeline_check import check_pipeline
 
     p = _params(params)
+    try:  # the rules that need the training set itself; never downloads
+        splits = load_splits(p.data.model_copy(update={"download": False}))
+    except RemflowError as e:
+        splits = None
+        out.print(f"[yellow]note[/yellow]: the data-dependent checks (|D_c| against the training set) were "
+                  f"skipped: {escape(e.message)}")
+    if splits is not None:
+        check_corruption(p.corruption, p.grid.regularities, splits)
     n = check_pipeline(p, dvc)
     out.print(f"[green]ok[/green]: {params} is valid; {dvc} declares the params of its {n} stage definitions")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
-from remflow.params import REGULARITIES
+from remflow.config import REGULARITIES
 
 COLUMNS = ["method", "base_method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",

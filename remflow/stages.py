@@ -20,11 +20,11 @@ from remflow.data.datasets import describe, load_splits
 from remflow.data.task import Task, make_task
 from remflow.errors import RemflowError
 from remflow.io import atomic_dir, file_digest, read_json, save_checkpoint, write_json
-from remflow.methods import REGISTRY, UnlearnContext, derive_seed
 from remflow.models import build_model, checkpoint_meta, count_params, load_model, shape_signature
 from remflow.models.layers import Route
-from remflow.params import REGULARITIES, ParamsBase
+from remflow.config import REGULARITIES, ParamsBase
 from remflow.progress import log
+from remflow.seeds import derive_seed
 from remflow.train import KeepBest, compiled, fit, make_optimizer, setup_runtime
 
 VARIANTS = ("standard", "etd")
@@ -141,6 +141,8 @@ class Prepared:
 
 def prepare_unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path: str | Path,
                     discovery_path: str | Path) -> Prepared:
+    from remflow.methods import REGISTRY, UnlearnContext
+
     cfg = params.method(run)
     method = REGISTRY[cfg.method]
     device = setup_runtime(params.runtime)

@@ -19,7 +19,7 @@ from torch import nn
 
 from remflow.data.task import Batch, Task
 from remflow.models.layers import Route
-from remflow.params import Recipe, RuntimeCfg
+from remflow.config import Recipe, RuntimeCfg
 from remflow.progress import Progress
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

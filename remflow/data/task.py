@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from remflow.data.datasets import Splits
-from remflow.params import AugmentCfg, DataCfg
+from remflow.config import AugmentCfg, DataCfg
 
 
 @dataclass

@@ -8,21 +8,34 @@ with `@register(...)`. See docs/adding-a-method.md.
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
+from pydantic import Field, PositiveInt
 
+from remflow.config import ParamsBase, Recipe, Strict
 from remflow.data.task import Task
 from remflow.models import WidenableNet, build_model, count_params
-from remflow.params import MethodConfig, ParamsBase, Recipe
+from remflow.seeds import derive_seed
 from remflow.train import accuracy
 
 
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from labelled parts, so each random decision has its own stream."""
-    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+class MethodConfig(Strict):
+    """Base of every method's config. Recipe fields left at None take the `unlearn` section's values."""
+
+    method: str
+    optimizer: Literal["sgd", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    batch_size: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    schedule: Literal["warmup_linear", "constant"] | None = None
+
+    def recipe(self, budget: Recipe) -> Recipe:
+        own = {k: getattr(self, k) for k in Recipe.model_fields if getattr(self, k, None) is not None}
+        return Recipe(**{**budget.model_dump(include=set(Recipe.model_fields)), **own})
 
 
 @dataclass

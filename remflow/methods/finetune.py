@@ -2,9 +2,8 @@
 
 from typing import Literal
 
-from remflow.methods.base import UnlearnContext, register
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.methods.retrain import train_on
-from remflow.params import MethodConfig
 
 
 class FinetuneConfig(MethodConfig):

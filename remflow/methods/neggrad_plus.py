@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from remflow.data.task import Batch
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.train import KeepBest, fit, make_optimizer
 
 

@@ -35,10 +35,9 @@ import torch
 from pydantic import Field, PositiveInt
 
 from remflow.losses import gradient_ascent, npo, npo_redirect, per_sample_ce
-from remflow.methods.base import UnlearnContext, derive_seed, register
+from remflow.methods.base import MethodConfig, UnlearnContext, derive_seed, register
 from remflow.methods.forgetting import ReferenceCE, flush, proxy
 from remflow.models.layers import SHARED_ID, Route, WidenableNet
-from remflow.params import MethodConfig
 from remflow.train import KeepBest, fit, make_optimizer
 
 

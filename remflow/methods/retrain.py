@@ -9,8 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.train import KeepBest, compiled, cross_entropy, fit, make_optimizer
 
 

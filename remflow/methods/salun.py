@@ -23,8 +23,7 @@ import torch
 from pydantic import Field
 
 from remflow.methods import importance as imp
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.train import KeepBest, cross_entropy, fit, make_optimizer
 
 

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.train import KeepBest, fit, make_optimizer
 
 
