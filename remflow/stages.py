@@ -25,7 +25,7 @@ from remflow.models.layers import Route
 from remflow.config import REGULARITIES, ParamsBase
 from remflow.progress import log
 from remflow.seeds import derive_seed
-from remflow.train import KeepBest, compiled, fit, make_optimizer, setup_runtime
+from remflow.train import Phase, by_validation, compiled, make_optimizer, setup_runtime, shuffled, train
 
 VARIANTS = ("standard", "etd")
 
@@ -87,39 +87,25 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
         return torch.nn.functional.cross_entropy(net(batch.x, route), batch.y)
 
     gen = task.generator(derive_seed(seed, "pretrain-data"))
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, steps: int):
-        if (epoch + 1) % recipe.eval_every and epoch + 1 != recipe.epochs:
-            return None
-        val = _val_acc(model, task, params)  # base mode: memorisation channels dropped
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
+    phase = Phase(f"pretrain {variant}", loss_fn, shuffled(task, task.everything, recipe.batch_size, gen),
+                  recipe.epochs, recipe.schedule)
+    # the validation accuracy in base mode (memorisation channels dropped), every eval_every epochs
+    select = by_validation(task, params.runtime.eval_batch_size, every=recipe.eval_every)
     with measure(device) as cost:
         net = compiled(model, params.runtime) if route_meta is None else model
-        fit_log = fit(net, make_optimizer(model.parameters(), recipe), loss_fn,
-                      lambda e: task.batches(task.everything, recipe.batch_size, gen),
-                      epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
-                      schedule=recipe.schedule, after_epoch=after_epoch, label=f"pretrain {variant}", device=device)
-    best.restore(model)
+        fit_log = train(model, make_optimizer(model.parameters(), recipe), phase, select=select, net=net,
+                        device=device)
     meta = checkpoint_meta(model, params.model, splits, variant=variant, route=route_meta)
-    train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed, "best_epoch": best.epoch,
-                 "best_val_acc": best.score, "steps": fit_log.steps, "epochs": fit_log.epochs,
+    train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed,
+                 "best_epoch": fit_log.best_epoch, "best_val_acc": fit_log.best_score, "steps": fit_log.steps,
+                 "epochs": fit_log.epochs,
                  "seconds": round(cost.seconds, 3), "device": str(device)}
     out_dir = Path(out_dir)
     save_checkpoint(out_dir / "model.safetensors", model.state_dict(), meta)
     write_json(out_dir / "log.json", train_log)
-    log(f"pretrain {variant} {manifest['regularity']} seed {seed}: val acc {best.score:.4f} "
-        f"(epoch {best.epoch}), {cost.seconds:.1f}s")
+    log(f"pretrain {variant} {manifest['regularity']} seed {seed}: val acc {fit_log.best_score:.4f} "
+        f"(epoch {fit_log.best_epoch}), {cost.seconds:.1f}s")
     return train_log
-
-
-def _val_acc(model, task: Task, params: ParamsBase) -> float:
-    from remflow.train import predict
-
-    pred = predict(model, task, task.val_x, batch_size=params.runtime.eval_batch_size)
-    return float((pred == task.val_y).float().mean())
 
 
 # ---------------------------------------------------------------- unlearn
