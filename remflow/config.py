@@ -262,7 +262,18 @@ class RuntimeCfg(Strict):
 
 
 class EvaluateCfg(Strict):
-    taxonomy_method: str | None = Field(None, description="method of the taxonomy table (default: the first)")
+    taxonomy_run: str | None = Field(None, description="run of the taxonomy tables (default: the first)")
+    reference: str | None = Field(None, description="run every other run is compared with, paired over the same "
+                                  "cells and seeds (default: rem, else the first run)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "taxonomy_method" in data:
+            raise CrossError("evaluate.taxonomy_method", data["taxonomy_method"],
+                             "renamed to `evaluate.taxonomy_run` (a run is a named entry under `methods:`; a "
+                             "method is the registered algorithm it runs)")
+        return data
 
 
 class ParamsBase(Strict):
@@ -304,11 +315,11 @@ class ParamsBase(Strict):
                         f"grid.{key}.{i}", name,
                         f"'{name}' has no entry under `methods:` (add `{name}: {{}}` to run it with its defaults)",
                     )
-        if self.evaluate.taxonomy_method is not None:
-            names = list(self.grid.methods) + [f"{m}_etd" for m in self.grid.etd_methods]
-            if self.evaluate.taxonomy_method not in names:
-                raise CrossError("evaluate.taxonomy_method", self.evaluate.taxonomy_method,
-                                  f"not among the grid's runs: {', '.join(names)}")
+        names = list(self.grid.methods) + [f"{m}_etd" for m in self.grid.etd_methods]
+        for key in ("taxonomy_run", "reference"):
+            value = getattr(self.evaluate, key)
+            if value is not None and value not in names:
+                raise CrossError(f"evaluate.{key}", value, f"not among the grid's runs: {', '.join(names)}")
         return self
 
     # -- helpers used by the commands

@@ -1,4 +1,5 @@
-"""The evaluate stage: score every run of the grid (paper §5.1) and collect its cost figures."""
+"""The evaluate stage: score every run of the grid (paper §5.1) and collect its cost figures; the tables and
+files are remflow.report's."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
         model, _ = load_model(folder / "model.safetensors", device)
         scores = evaluate_model(model, task, params.runtime.eval_batch_size)
         rows.append({
-            "method": run_label(rec["run"], rec["pretrained"]),
-            "base_method": rec["method"],
+            "run": run_label(rec["run"], rec["pretrained"]),
+            "method": rec["method"],
             "pretrained": rec["pretrained"],
             "regularity": rec["regularity"],
             "discovery_rate": rec["discovery_rate"],

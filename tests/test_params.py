@@ -23,7 +23,7 @@ def test_shipped_params_are_valid():
 
 def test_yaml_is_read_as_yaml_1_2(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("pretrain:\n  lr: 1e-3\ndata:\n  download: false\nevaluate:\n  taxonomy_method: null\n")
+    f.write_text("pretrain:\n  lr: 1e-3\ndata:\n  download: false\nevaluate:\n  taxonomy_run: null\n")
     raw = read_yaml(f)
     assert raw["pretrain"]["lr"] == 0.001 and isinstance(raw["pretrain"]["lr"], float)  # PyYAML reads a string
     assert load_params(f).pretrain.lr == 0.001
