@@ -211,6 +211,7 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to emphasise
     right: bool = True  # numeric columns (all but the first) right-aligned
     note: str = ""
+    mark: str = ""  # written after each bold cell too, for readers without bold (the paired table's "*")
 
 
 def pct(v: float) -> str:
@@ -269,7 +270,7 @@ def paired_text(p: Paired) -> str:
     if p.pairs == 0:
         return "—"
     interval = "" if math.isnan(p.low) else f" [{signed(p.low)}, {signed(p.high)}]"
-    return f"{signed(p.diff)}{interval}" + (" *" if p.excludes_zero else "")
+    return f"{signed(p.diff)}{interval}"
 
 
 def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Table:
@@ -279,10 +280,12 @@ def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Tab
     body = [[run, str(by["all"].pairs)] + [paired_text(by[c]) for c in cols] for run, by in cmp.items()]
     bold = {(i, j + 2) for i, by in enumerate(cmp.values()) for j, c in enumerate(cols) if by[c].excludes_zero}
     name = TITLES.get(metric, metric)
+    fewest = min((p.pairs for by in cmp.values() for p in by.values()), default=0)
+    rough = f" With {fewest} pairs an interval is rough." if 0 < fewest < 6 else ""
     return Table(f"{name} (%) minus {reference}'s over the same cells and seeds: mean [95% bootstrap interval]",
-                 [f"{name} − {reference} (points)", "pairs"] + cols, body, bold,
-                 note=f"* (bold): the 95% interval excludes 0 (scipy.stats.bootstrap, paired, BCa, "
-                      f"{RESAMPLES} resamples, seed 0); pairs: the (regularity, rate, seed) rows both runs have.")
+                 [f"{name} − {reference} (points)", "pairs"] + cols, body, bold, mark="*",
+                 note=f"*, bold: the 95% interval excludes 0 (scipy.stats.bootstrap, paired, BCa, {RESAMPLES} "
+                      f"resamples, seed 0); pairs: the (regularity, rate, seed) rows both runs have.{rough}")
 
 
 def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> list[Table]:
@@ -295,7 +298,7 @@ def to_markdown(t: Table) -> str:
     align = "|---|" + ("---:|" if t.right else "---|") * (len(t.header) - 1)
     lines = ["| " + " | ".join(t.header) + " |", align]
     for i, row in enumerate(t.rows):
-        cells = [f"**{c}**" if (i, j) in t.bold else c for j, c in enumerate(row)]
+        cells = [f"**{c}**{' ' + t.mark if t.mark else ''}" if (i, j) in t.bold else c for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" + (f"\n{t.note}\n" if t.note else "")
 
@@ -309,7 +312,9 @@ def to_rich(t: Table):
     for h in t.header[1:]:
         out.add_column(escape(h), justify="right" if t.right else "left")
     for i, row in enumerate(t.rows):
-        out.add_row(*(f"[bold]{escape(c)}[/bold]" if (i, j) in t.bold else escape(c) for j, c in enumerate(row)))
+        mark = f" {escape(t.mark)}" if t.mark else ""
+        out.add_row(*(f"[bold]{escape(c)}{mark}[/bold]" if (i, j) in t.bold else escape(c)
+                      for j, c in enumerate(row)))
     return out
 
 

@@ -202,7 +202,7 @@ def test_paired_differences_with_bootstrap_intervals(tmp_path):
     assert report.paired(rows, "rem") == cmp  # seeded: the same interval every time
     md = report.to_markdown(report.paired_table(rows, "rem"))
     line = next(l for l in md.splitlines() if l.startswith("| better"))
-    assert "**+10.00 [+9." in line and "] ***" in line
+    assert "**+10.00 [+9." in line and "]** *" in line
     assert "excludes 0" in md
 
 
