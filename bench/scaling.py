@@ -47,7 +47,7 @@ def main():
     for n in [int(v) for v in args.sizes.split(",")]:
         data = {"dataset": "fashion_mnist", "train_size": n, "test_size": 2000, "val_fraction": 0.1,
                 **({"root": args.fashion_root} if args.fashion_root else {})}
-        sizes.append((n, *point({**short, "data": data, "corruption": {"size": 0.02}})))
+        sizes.append((n, *point({**short, "data": data, "corruption": {"count": 0.02}})))
     table("training-set size (Fashion-MNIST subsets, CNN width 16; retrain 8 epochs, rem 10 repair epochs)",
           "samples", sizes)
     widths = [(w, *point({"model": {"width": w}})) for w in [int(v) for v in args.widths.split(",")]]

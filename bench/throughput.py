@@ -4,7 +4,7 @@ Both train the same model (same architecture, init, optimiser, batch size, augme
 padding + horizontal flip + normalisation) on the same data, on the same machine, in one run:
 
 - remflow: uint8 images held as one tensor on the device, augmented in batches (`Task.batches`), trained by
-  `remflow.train.fit`;
+  `remflow.train.train`;
 - baseline: a `Dataset` that turns each sample into a PIL image and applies torchvision's RandomCrop,
   RandomHorizontalFlip, ToTensor and Normalize, batched by a `DataLoader` (num_workers 0 and 2; the faster one
   is the baseline), trained by a plain loop with torch.optim.SGD.
@@ -31,7 +31,7 @@ from remflow.data.datasets import Splits, load_splits  # noqa: E402
 from remflow.data.task import Task  # noqa: E402
 from remflow.models import build_model  # noqa: E402
 from remflow.params import AugmentCfg, CnnCfg, DataCfg, Recipe, ResNet9Cfg  # noqa: E402
-from remflow.train import cross_entropy, fit, make_optimizer, setup_runtime  # noqa: E402
+from remflow.train import Data, Phase, cross_entropy, make_optimizer, setup_runtime, train  # noqa: E402
 
 
 def parse():
@@ -70,15 +70,15 @@ def remflow_loop(args, splits, device) -> float:
     gen = task.generator(0)
     per_epoch = task.num_train // args.batch_size
 
-    def batches(_epoch):
+    def batches():
         order = torch.randperm(task.num_train, generator=gen, device=device)
         for s in range(per_epoch):
             yield task.batch(order[s * args.batch_size : (s + 1) * args.batch_size], gen)
 
     def run(steps):
         epochs = -(-steps // per_epoch)
-        fit(model, opt, cross_entropy, batches, epochs=epochs, steps_per_epoch=per_epoch, max_steps=steps,
-            label="remflow", device=device)
+        train(model, opt, Phase("remflow", cross_entropy, Data(per_epoch, batches), epochs, max_steps=steps),
+              device=device)
 
     run(args.warmup)
     _sync(device)
@@ -174,7 +174,7 @@ def main():
     workers = [int(v) for v in args.workers.split(",")]
     ours, theirs = [], {w: [] for w in workers}
     for _ in range(args.repeats):  # interleaved, so a busy moment hits both sides
-        sys.stderr = open(os.devnull, "w")  # silence the per-epoch progress lines of fit()
+        sys.stderr = open(os.devnull, "w")  # silence the per-epoch progress lines of train()
         ours.append(remflow_loop(args, splits, device))
         sys.stderr = sys.__stderr__
         for w in workers:

@@ -6,7 +6,6 @@ artifacts atomically. Bad input exits with code 2 and a one-screen message namin
 
 from __future__ import annotations
 
-import csv
 import functools
 import sys
 from enum import Enum
@@ -31,36 +30,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console()
-
-
-def _read_results(paths: list[Path]) -> list[dict]:
-    """The rows of one or more results.csv files; a run (method, cell, seed) may appear in only one of them."""
-    from remflow import report
-
-    rows: list[dict] = []
-    seen: dict[tuple, Path] = {}
-    needed = {"method", "regularity", "discovery_rate", "seed", "healed", "utility", "score"}
-    for path in paths:
-        if not path.is_file():
-            raise RemflowError("results file not found", key=str(path), hint="run `dvc repro` first")
-        try:
-            _check_csv_shape(path)
-            part = report.read_csv(path)
-            missing = needed - set(part[0] if part else {})
-            if missing:
-                raise KeyError("missing columns " + ", ".join(sorted(missing)))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
-            raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(path),
-                               hint="pass a reports/results.csv written by `remflow evaluate`") from None
-        for r in part:
-            run = (r["method"], r["regularity"], r["discovery_rate"], r["seed"])
-            if run in seen:
-                raise RemflowError(f"the same run is in two results files: {seen[run]} and {path}", key=str(path),
-                                   got=f"{run[0]} {run[1]} rate {run[2]:g} seed {run[3]}",
-                                   hint="pool files of disjoint grids (other seeds, regularities or rates)")
-            seen[run] = path
-        rows += part
-    return rows
 
 
 def _wide() -> Console:
@@ -111,18 +80,6 @@ def guarded(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _check_csv_shape(path: Path) -> None:
-    """Every line of a results CSV has the header's number of fields (a cut or hand-edited file does not)."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise ValueError("the file is empty")
-        for row in reader:
-            if row and len(row) != len(header):
-                raise ValueError(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
 
 
 def _params(path: Path):
@@ -176,7 +133,7 @@ def discover(
 @app.command()
 @guarded
 def unlearn(
-    run: Annotated[str, typer.Option("--method", help="entry of `methods:` in params")],
+    run: Annotated[str, typer.Option("--run", "--method", help="the run: an entry of `methods:` in params")],
     model: Annotated[Path, typer.Option(help="original model checkpoint")],
     manifest: Annotated[Path, typer.Option(help="corruption manifest")],
     discovered: Annotated[Path, typer.Option(help="discovered set D_f")],
@@ -202,8 +159,10 @@ def evaluate(
     runs: Annotated[Path, typer.Option(help="folder of run folders")] = Path("runs"),
     metrics: Annotated[Path, typer.Option(help="nested metrics file for dvc exp show")] = Path("metrics.json"),
     reports: Annotated[Path, typer.Option(help="folder for results.csv, results.md, heatmaps")] = Path("reports"),
-    method: Annotated[str | None, typer.Option(help="method of the taxonomy table")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--method", help="run of the taxonomy table")] = None,
     metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
+    reference: Annotated[str | None, typer.Option(help="run the others are compared with, paired over the same "
+                         "cells and seeds (default: evaluate.reference, else rem, else the first run)")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="how to print the tables")] = Format.table,
     from_csv: Annotated[list[Path] | None, typer.Option("--from-csv", metavar="<path>",
                         help="print the tables of existing "
@@ -218,7 +177,7 @@ def evaluate(
     if metric not in report.HEADLINE:
         raise RemflowError("unknown metric", key="--metric", got=metric, hint="one of " + ", ".join(report.HEADLINE))
     if from_csv:
-        rows = _read_results(from_csv)
+        rows = report.read_results(from_csv)
         p = None
     else:
         from remflow.evaluate import evaluate as score_runs
@@ -227,29 +186,30 @@ def evaluate(
         rows, splits = score_runs(p, runs)
     if not rows:
         raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")
-    chosen = method or (p.evaluate.taxonomy_method if p else None) or report.methods_in_order(rows)[0]
-    if chosen not in report.methods_in_order(rows):
-        raise RemflowError("no such method in the results", key="--method", got=chosen,
-                           hint="one of " + ", ".join(report.methods_in_order(rows)))
+    names = report.runs_in_order(rows)
+    chosen = run or (p.evaluate.taxonomy_run if p else None) or names[0]
+    if chosen not in names:
+        raise RemflowError("no such run in the results", key="--run", got=chosen, hint="one of " + ", ".join(names))
+    reference = report.pick_reference(rows, reference or (p.evaluate.reference if p else None))
     if p is not None:
         from remflow.data.datasets import describe
 
         context = {"remflow": remflow.__version__, "dataset": f"{describe(splits)}; fingerprint {splits.fingerprint}",
                    "runs": len(rows), "params": Path(params).read_text()}
-        report.write_reports(rows, reports, metrics, context=context, taxonomy_method=chosen)
-    report.render(rows, fmt.value, chosen, metric, _wide())
+        report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
+    report.render(rows, fmt.value, chosen, metric, _wide(), reference)
 
 
 @app.command()
 @guarded
 def compare(
-    method: Annotated[str | None, typer.Option(help="only this method's summary metrics")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--method", help="only this run's summary metrics")] = None,
     repo: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
 ):
-    """DVC experiments side by side: the params that differ and the summary metrics of each method."""
+    """DVC experiments side by side: the params that differ and the summary metrics of each run."""
     from remflow.compare import compare_experiments
 
-    _print_table(compare_experiments(repo, method))
+    _print_table(compare_experiments(repo, run))
 
 
 @app.command()
@@ -257,7 +217,7 @@ def compare(
 def methods():
     """List every registered method with its defaults."""
     from remflow.methods import REGISTRY
-    from remflow.params import MethodConfig
+    from remflow.methods.base import MethodConfig
 
     base_fields = set(MethodConfig.model_fields)
     table = Table(title="remflow methods (defaults: the paper's; recipe fields left empty use `unlearn:`)")
@@ -278,10 +238,21 @@ def check(
     params: ParamsOpt = Path("params.yaml"),
     dvc: Annotated[Path, typer.Option(help="the pipeline file to check against the schema")] = Path("dvc.yaml"),
 ):
-    """Validate params and check that dvc.yaml's per-stage `params:` lists match what each stage reads."""
+    """Validate params (every cross-field rule the stages enforce) and check that dvc.yaml's per-stage `params:`
+    lists match what each stage reads."""
+    from remflow.data.corruption import check_corruption
+    from remflow.data.datasets import load_splits
     from remflow.pipeline_check import check_pipeline
 
     p = _params(params)
+    try:  # the rules that need the training set itself; never downloads
+        splits = load_splits(p.data.model_copy(update={"download": False}))
+    except RemflowError as e:
+        splits = None
+        out.print(f"[yellow]note[/yellow]: the data-dependent checks (|D_c| against the training set) were "
+                  f"skipped: {escape(e.message)}")
+    if splits is not None:
+        check_corruption(p.corruption, p.grid.regularities, splits)
     n = check_pipeline(p, dvc)
     out.print(f"[green]ok[/green]: {params} is valid; {dvc} declares the params of its {n} stage definitions")
 

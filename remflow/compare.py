@@ -1,7 +1,7 @@
-"""`remflow compare`: DVC experiments side by side, for the common case of tuning one method.
+"""`remflow compare`: DVC experiments side by side, for the common case of tuning one run.
 
 Rows are the workspace, the baseline commit and every experiment (`dvc.api.exp_show`); columns are the params
-that differ between them and the summary metrics (`summary.<method>.{healed,utility,score}` of metrics.json).
+that differ between them and the summary metrics (`summary.<run>.{healed,utility,score}` of metrics.json).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.table import Table
 
 from remflow.errors import RemflowError
 
-_SUMMARY = re.compile(r"^(?:[^:]*:)?summary\.(?P<method>[^.]+)\.(?P<metric>healed|utility|score)$")
+_SUMMARY = re.compile(r"^(?:[^:]*:)?summary\.(?P<run>[^.]+)\.(?P<metric>healed|utility|score)$")
 _HIDDEN = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
@@ -31,29 +31,29 @@ def experiment_rows(repo: str | Path) -> list[dict]:
                            hint="run inside a git + DVC repository with at least one commit") from None
 
 
-def compare_experiments(repo: str | Path, method: str | None = None) -> Table:
+def compare_experiments(repo: str | Path, run: str | None = None) -> Table:
     rows = experiment_rows(repo)
     if not rows:
         raise RemflowError("no experiments found", key=str(repo), hint="run `dvc exp run` first")
-    metric_cols: list[tuple[str, str, str]] = []  # (key, method, metric)
+    metric_cols: list[tuple[str, str, str]] = []  # (key, run, metric)
     for key in rows[0]:
         m = _SUMMARY.match(key)
-        if m and (method is None or m["method"] == method):
-            metric_cols.append((key, m["method"], m["metric"]))
+        if m and (run is None or m["run"] == run):
+            metric_cols.append((key, m["run"], m["metric"]))
     if not metric_cols:
-        raise RemflowError("no summary metrics" + (f" for method '{method}'" if method else ""), key=str(repo),
-                           hint="run `dvc repro` so metrics.json exists; check --method")
+        raise RemflowError("no summary metrics" + (f" for run '{run}'" if run else ""), key=str(repo),
+                           hint="run `dvc repro` so metrics.json exists; check --run")
     metric_keys = {k for k, _, _ in metric_cols}
     param_keys = [k for k in rows[0] if k not in _HIDDEN and k not in metric_keys and not _SUMMARY.match(k)
                   and not k.split(":")[-1].startswith("cells.")]
     changed = [k for k in param_keys if len({repr(r.get(k)) for r in rows}) > 1]
 
-    table = Table(title="DVC experiments" + (f": {method}" if method else "") + " (metrics in %)")
+    table = Table(title="DVC experiments" + (f": {run}" if run else "") + " (metrics in %)")
     table.add_column("experiment")
     for k in changed:
         table.add_column(k.split(":")[-1], style="blue")
-    for _, meth, metric in metric_cols:
-        table.add_column(f"{meth} {metric}", justify="right", style="yellow")
+    for _, name, metric in metric_cols:
+        table.add_column(f"{name} {metric}", justify="right", style="yellow")
     best = {k: max((r[k] for r in rows if isinstance(r.get(k), (int, float))), default=None) for k in metric_keys}
     for r in rows:
         name = r.get("Experiment") or r.get("rev") or ""

@@ -1,17 +1,18 @@
-"""The evaluate stage: score every run of the grid (paper §5.1) and collect its cost figures."""
+"""The evaluate stage: score every run of the grid (paper §5.1) and collect its cost figures; the tables and
+files are remflow.report's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from remflow.data.corruption import load_manifest
+from remflow.data.corruption import check_discovery, load_manifest
 from remflow.data.datasets import Splits, load_splits
 from remflow.data.task import Task, make_task
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
 from remflow.metrics import evaluate_model
 from remflow.models import load_model
-from remflow.params import ParamsBase
+from remflow.config import ParamsBase
 from remflow.train import setup_runtime
 
 
@@ -67,13 +68,14 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
                                    got=inputs[what], hint="run `dvc repro`")
         if inputs["manifest"] not in tasks:
             tasks[inputs["manifest"]] = make_task(params.data, splits, device, load_manifest(inputs["manifest"], splits))
-        discovery = read_json(inputs["discovery"], "discovery file")
+        discovery = check_discovery(read_json(inputs["discovery"], "discovery file"),
+                                    tasks[inputs["manifest"]].manifest, inputs["discovery"])
         task = tasks[inputs["manifest"]].with_discovered(discovery["indices"])
         model, _ = load_model(folder / "model.safetensors", device)
         scores = evaluate_model(model, task, params.runtime.eval_batch_size)
         rows.append({
-            "method": run_label(rec["run"], rec["pretrained"]),
-            "base_method": rec["method"],
+            "run": run_label(rec["run"], rec["pretrained"]),
+            "method": rec["method"],
             "pretrained": rec["pretrained"],
             "regularity": rec["regularity"],
             "discovery_rate": rec["discovery_rate"],

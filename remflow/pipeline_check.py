@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from remflow.errors import RemflowError
-from remflow.params import GridCfg, ParamsBase, read_yaml
+from remflow.config import GridCfg, ParamsBase
+from remflow.params import read_yaml
 
 # what each command reads from params.yaml (besides validating all of it)
 STAGE_READS: dict[str, set[str]] = {

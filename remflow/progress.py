@@ -26,56 +26,44 @@ def log(message: str) -> None:
 class Progress:
     """`with Progress("pretrain", total=epochs) as p: ... p.advance(loss=0.3, val=0.9)`.
 
-    Nested progress (REM's flush inside its repair loop) adds a line to the live display in a terminal and
-    prints one summary line at its end otherwise, so logs stay one line per outer epoch.
+    One bar per training run; a nested phase (REM's flush) is not a bar of its own: its epochs show in the
+    figures of the outer epoch (`flush 3`).
     """
-
-    _live = None  # the rich display shared by nested bars
-    _depth = 0
 
     def __init__(self, label: str, total: int, unit: str = "epoch"):
         self.label, self.total, self.unit = label, total, unit
         self.done = 0
         self.info = ""
         self.t0 = time.perf_counter()
+        self._live = None
         self._task = None
-        self._nested = False
 
     def __enter__(self) -> "Progress":
-        self._nested = Progress._depth > 0
-        Progress._depth += 1
         if _interactive() and self.total > 0:
-            if Progress._live is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
-                from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+            from rich.progress import TimeElapsedColumn, TimeRemainingColumn
 
-                Progress._live = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                              TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                              TextColumn("{task.fields[info]}"), console=err, transient=True)
-                Progress._live.start()
-            self._task = Progress._live.add_task(self.label, total=self.total, info="")
+            self._live = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[info]}"), console=err, transient=True)
+            self._live.start()
+            self._task = self._live.add_task(self.label, total=self.total, info="")
         return self
 
     def advance(self, n: int = 1, **info: Any) -> None:
         self.done += n
         self.info = "  ".join(f"{k} {_fmt(v)}" for k, v in info.items())
-        if self._task is not None:
-            Progress._live.update(self._task, advance=n, info=self.info)
-        elif not self._nested:
+        if self._live is not None:
+            self._live.update(self._task, advance=n, info=self.info)
+        else:
             dt = time.perf_counter() - self.t0
             print(f"[{self.label}] {self.unit} {self.done}/{self.total}  {self.info}  ({dt:.1f}s)", file=sys.stderr,
                   flush=True)
 
     def __exit__(self, *exc) -> None:
-        Progress._depth -= 1
-        if self._task is not None:
-            Progress._live.remove_task(self._task)
-            if Progress._depth == 0:
-                Progress._live.stop()
-                Progress._live = None
-        elif self._nested and self.done:
-            dt = time.perf_counter() - self.t0
-            print(f"  [{self.label}] {self.done} {self.unit}s  {self.info}  ({dt:.1f}s)", file=sys.stderr, flush=True)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 def _fmt(v: Any) -> str:

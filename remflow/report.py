@@ -1,34 +1,53 @@
-"""Tables and heatmaps of the results (paper §5.2): Table-1 style mean ± standard error per method over every
-cell and seed, taxonomy tables (rows: regularity high/medium/low, columns: discovery rate), heatmaps.
+"""Evaluation results in one place: the rows of results.csv, the tables built from them once, and each table
+rendered to the terminal (rich), markdown (reports/results.md, `--format md`), csv and json; heatmaps.
 
+Words: a *run* is a named entry under `methods:` (a row label of the results: `rem`, `rem_keep05`, `rem_etd`
+for a run on the ETD-pretrained model); a *method* is the registered algorithm a run runs (`rem`).
+
+Tables (paper §5.2): Table-1 style mean ± standard error per run over every cell and seed, the same per
+regularity, taxonomy tables (rows: regularity high/medium/low, columns: discovery rate), and paired
+comparisons: for every run against a reference run, the mean over the same cells and seeds of the difference
+of Utility x Healed with a 95% bootstrap interval (scipy.stats.bootstrap, paired resampling, BCa).
 Utility x Healed is computed per run and then averaged (never the product of the means), as the paper does.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from remflow.config import REGULARITIES
+from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
-from remflow.params import REGULARITIES
 
-COLUMNS = ["method", "base_method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
+COLUMNS = ["run", "method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",
            "params_peak", "details"]
 HEADLINE = ("healed", "utility", "score")
 TITLES = {"healed": "Healed", "utility": "Utility", "score": "Utility×Healed", "healed_test": "Healed (test)",
           "forget_acc": "Acc(D_f)", "unlearn_seconds": "seconds"}
+DEFAULT_REFERENCE = "rem"
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+_NUMERIC = {"discovery_rate", "healed", "utility", "score", "healed_test", "forget_acc", "unlearn_seconds",
+            "peak_memory_mb", "params_deployed", "params_peak", "seed"}
 
 
 def rate_key(rate: float) -> str:
     """0.1 -> r10, 1.0 -> r100, 0.125 -> r12p5: a rate as a dot-free key for metrics.json."""
     pct = round(float(rate) * 100, 6)
     return f"r{int(pct)}" if pct == int(pct) else "r" + f"{pct:g}".replace(".", "p")
+
+
+# ---------------------------------------------------------------- aggregates of the rows
 
 
 def mean_sem(values: list[float]) -> tuple[float, float]:
@@ -43,26 +62,26 @@ def mean_sem(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(var / len(v))
 
 
-def methods_in_order(rows: list[dict]) -> list[str]:
+def runs_in_order(rows: list[dict]) -> list[str]:
     seen: dict[str, None] = {}
     for r in rows:
-        seen.setdefault(r["method"], None)
+        seen.setdefault(r["run"], None)
     return list(seen)
 
 
 def summary(rows: list[dict], metric: str) -> dict[str, tuple[float, float, int]]:
-    """method -> (mean, standard error, number of runs) of `metric` over every cell and seed."""
+    """run -> (mean, standard error, number of rows) of `metric` over every cell and seed."""
     by: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        by[r["method"]].append(float(r[metric]))
-    return {m: (*mean_sem(by[m]), len(by[m])) for m in methods_in_order(rows)}
+        by[r["run"]].append(float(r[metric]))
+    return {m: (*mean_sem(by[m]), len(by[m])) for m in runs_in_order(rows)}
 
 
-def taxonomy(rows: list[dict], method: str, metric: str) -> dict[str, dict[float, float]]:
-    """regularity -> rate -> mean over seeds of `metric` for one method."""
+def taxonomy(rows: list[dict], run: str, metric: str) -> dict[str, dict[float, float]]:
+    """regularity -> rate -> mean over seeds of `metric` for one run."""
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] == method:
+        if r["run"] == run:
             cells[(r["regularity"], float(r["discovery_rate"]))].append(float(r[metric]))
     out: dict[str, dict[float, float]] = {}
     for (reg, rate), vals in cells.items():
@@ -79,18 +98,259 @@ def rates_of(rows: list[dict]) -> list[float]:
     return sorted({float(r["discovery_rate"]) for r in rows})
 
 
+def summary_by_regularity(rows: list[dict], metric: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """run -> {"all" | regularity -> (mean, standard error, rows)} of `metric`."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {m: {} for m in runs_in_order(rows)}
+    for m, v in summary(rows, metric).items():
+        out[m]["all"] = v
+    for reg in regularities_of(rows):
+        for m, v in summary([r for r in rows if r["regularity"] == reg], metric).items():
+            out[m][reg] = v
+    return out
+
+
 def metrics_tree(rows: list[dict]) -> dict[str, Any]:
-    """The nested metrics.json: summary.<method>.{healed,utility,score} and cells.<method>.<reg>.<rXX>.<metric>."""
+    """The nested metrics.json: summary.<run>.{healed,utility,score} and cells.<run>.<reg>.<rXX>.<metric>."""
     tree: dict[str, Any] = {"summary": {}, "cells": {}}
     for metric in HEADLINE:
         for m, (mean, _, _) in summary(rows, metric).items():
             tree["summary"].setdefault(m, {})[metric] = round(mean, 6)
-    for m in methods_in_order(rows):
+    for m in runs_in_order(rows):
         for metric in HEADLINE:
             for reg, by_rate in taxonomy(rows, m, metric).items():
                 for rate, v in by_rate.items():
                     tree["cells"].setdefault(m, {}).setdefault(reg, {}).setdefault(rate_key(rate), {})[metric] = round(v, 6)
     return tree
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+
+@dataclass(frozen=True)
+class Paired:
+    """mean(run - reference) over `pairs` matched (regularity, rate, seed) rows, with its bootstrap interval."""
+
+    diff: float
+    low: float
+    high: float
+    pairs: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+
+def bootstrap_mean_diff(a: list[float], b: list[float], seed: int = 0) -> Paired:
+    """The mean of a - b with a 95% interval from scipy's bootstrap, resampling the pairs together (BCa; the
+    percentile interval where BCa is undefined). Seeded, so a report is reproducible."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = x - y
+    n = len(d)
+    if n == 0:
+        return Paired(float("nan"), float("nan"), float("nan"), 0)
+    diff = float(d.mean())
+    if n < 2:
+        return Paired(diff, float("nan"), float("nan"), n)
+    if np.allclose(d, d[0]):  # every pair differs by the same amount: the interval is that point
+        return Paired(diff, diff, diff, n)
+    seed_kw = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = bootstrap((x, y), lambda p, q, axis=-1: np.mean(p - q, axis=axis), paired=True, vectorized=True,
+                            confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method=method,
+                            **{seed_kw: np.random.default_rng(seed)})
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (math.isnan(low) or math.isnan(high)):
+            return Paired(diff, low, high, n)
+    return Paired(diff, float("nan"), float("nan"), n)
+
+
+def pick_reference(rows: list[dict], wanted: str | None = None) -> str:
+    """The reference run: `wanted` (it must be in the results), else rem, else the first run of the results."""
+    runs = runs_in_order(rows)
+    if wanted is not None:
+        if wanted not in runs:
+            raise RemflowError("the reference run is not in the results", key="--reference", got=wanted,
+                               hint="one of " + ", ".join(runs))
+        return wanted
+    return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else runs[0]
+
+
+def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str, dict[str, Paired]]:
+    """run -> {"all" | regularity -> Paired} of `metric` against `reference` over the same cells and seeds."""
+    def cells(run: str) -> dict[tuple, float]:
+        return {(r["regularity"], float(r["discovery_rate"]), int(r["seed"])): float(r[metric])
+                for r in rows if r["run"] == run}
+
+    ref = cells(reference)
+    out: dict[str, dict[str, Paired]] = {}
+    for run in runs_in_order(rows):
+        if run == reference:
+            continue
+        mine = cells(run)
+        keys = sorted(k for k in mine if k in ref)
+        out[run] = {}
+        for col in ["all"] + regularities_of(rows):
+            ks = [k for k in keys if col == "all" or k[0] == col]
+            out[run][col] = bootstrap_mean_diff([mine[k] for k in ks], [ref[k] for k in ks])
+    return out
+
+
+# ---------------------------------------------------------------- tables, built once and rendered to each format
+
+
+@dataclass
+class Table:
+    title: str  # the terminal title; markdown puts its own heading above
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to emphasise
+    right: bool = True  # numeric columns (all but the first) right-aligned
+    note: str = ""
+    mark: str = ""  # written after each bold cell too, for readers without bold (the paired table's "*")
+
+
+def pct(v: float) -> str:
+    return "—" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def pm(mean: float, err: float) -> str:
+    return "—" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * err:.2f}"
+
+
+def _best_cells(values: list[list[float]]) -> set[tuple[int, int]]:
+    """The (row, column) cells holding each column's largest value."""
+    out = set()
+    for j in range(len(values[0]) if values else 0):
+        col = [v[j] for v in values if not math.isnan(v[j])]
+        if col:
+            out |= {(i, j) for i, v in enumerate(values) if v[j] == max(col)}
+    return out
+
+
+def summary_table(rows: list[dict], metrics: Iterable[str] = HEADLINE) -> Table:
+    """Runs x headline metrics, mean ± standard error over every cell and seed, the best in bold."""
+    metrics = list(metrics)
+    sums = {m: summary(rows, m) for m in metrics}
+    runs = runs_in_order(rows)
+    body = [[run, str(sums[metrics[0]][run][2])] + [pm(*sums[m][run][:2]) for m in metrics] for run in runs]
+    bold = {(i, j + 2) for i, j in _best_cells([[sums[m][run][0] for m in metrics] for run in runs])}
+    return Table("mean ± standard error over every cell and seed (%)",
+                 ["run", "runs"] + [TITLES.get(m, m) + " (%)" for m in metrics], body, bold)
+
+
+def metric_table(rows: list[dict], metric: str) -> Table:
+    """One metric: runs x (all cells, then each regularity), mean ± standard error, the best in bold."""
+    by = summary_by_regularity(rows, metric)
+    cols = ["all"] + regularities_of(rows)
+    nan = (float("nan"), float("nan"), 0)
+    body = [[run, str(v["all"][2])] + [pm(*v.get(c, nan)[:2]) for c in cols] for run, v in by.items()]
+    bold = {(i, j + 2) for i, j in _best_cells([[v.get(c, nan)[0] for c in cols] for v in by.values()])}
+    return Table(f"{TITLES.get(metric, metric)} (%): mean ± standard error over cells and seeds",
+                 [f"{TITLES.get(metric, metric)} (%)", "runs"] + cols, body, bold)
+
+
+def taxonomy_table(rows: list[dict], run: str, metric: str) -> Table:
+    tab = taxonomy(rows, run, metric)
+    rates = rates_of(rows)
+    body = [[reg] + [pct(tab.get(reg, {}).get(r, float("nan"))) for r in rates] for reg in regularities_of(rows)]
+    return Table(f"{TITLES.get(metric, metric)} of {run} (%): regularity x discovery rate",
+                 [f"{TITLES.get(metric, metric)} of {run}"] + [f"{r:g}" for r in rates], body, right=False)
+
+
+def signed(v: float) -> str:
+    return "—" if math.isnan(v) else f"{100 * v:+.2f}"
+
+
+def paired_text(p: Paired) -> str:
+    if p.pairs == 0:
+        return "—"
+    interval = "" if math.isnan(p.low) else f" [{signed(p.low)}, {signed(p.high)}]"
+    return f"{signed(p.diff)}{interval}"
+
+
+def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Table:
+    """Every run against the reference: mean difference [95% interval] of `metric`, over matched rows."""
+    cmp = paired(rows, reference, metric)
+    cols = ["all"] + regularities_of(rows)
+    body = [[run, str(by["all"].pairs)] + [paired_text(by[c]) for c in cols] for run, by in cmp.items()]
+    bold = {(i, j + 2) for i, by in enumerate(cmp.values()) for j, c in enumerate(cols) if by[c].excludes_zero}
+    name = TITLES.get(metric, metric)
+    fewest = min((p.pairs for by in cmp.values() for p in by.values()), default=0)
+    rough = f" With {fewest} pairs an interval is rough." if 0 < fewest < 6 else ""
+    return Table(f"{name} (%) minus {reference}'s over the same cells and seeds: mean [95% bootstrap interval]",
+                 [f"{name} − {reference} (points)", "pairs"] + cols, body, bold, mark="*",
+                 note=f"*, bold: the 95% interval excludes 0 (scipy.stats.bootstrap, paired, BCa, {RESAMPLES} "
+                      f"resamples, seed 0); pairs: the (regularity, rate, seed) rows both runs have.{rough}")
+
+
+def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> list[Table]:
+    """What `remflow evaluate` prints: each headline metric by regularity, the paired comparison, a taxonomy."""
+    return ([metric_table(rows, m) for m in HEADLINE] + [paired_table(rows, reference)]
+            + [taxonomy_table(rows, run, metric)])
+
+
+def to_markdown(t: Table) -> str:
+    align = "|---|" + ("---:|" if t.right else "---|") * (len(t.header) - 1)
+    lines = ["| " + " | ".join(t.header) + " |", align]
+    for i, row in enumerate(t.rows):
+        cells = [f"**{c}**{' ' + t.mark if t.mark else ''}" if (i, j) in t.bold else c for j, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + (f"\n{t.note}\n" if t.note else "")
+
+
+def to_rich(t: Table):
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    out = RichTable(title=escape(t.title), caption=escape(t.note) if t.note else None)
+    out.add_column(escape(t.header[0]))
+    for h in t.header[1:]:
+        out.add_column(escape(h), justify="right" if t.right else "left")
+    for i, row in enumerate(t.rows):
+        mark = f" {escape(t.mark)}" if t.mark else ""
+        out.add_row(*(f"[bold]{escape(c)}{mark}[/bold]" if (i, j) in t.bold else escape(c)
+                      for j, c in enumerate(row)))
+    return out
+
+
+def summary_json(rows: list[dict], run: str, metric: str, reference: str) -> dict[str, Any]:
+    """Machine-readable form of the terminal tables (`remflow evaluate --format json`)."""
+    out: dict[str, Any] = {"summary": {}, "taxonomy": {"run": run, "metric": metric, "cells": {}},
+                           "paired": {"reference": reference, "metric": "score", "confidence": CONFIDENCE,
+                                      "runs": {}}}
+    for m in HEADLINE:
+        for name, by in summary_by_regularity(rows, m).items():
+            for col, (mean, err, n) in by.items():
+                out["summary"].setdefault(name, {}).setdefault(m, {})[col] = {"mean": mean, "sem": err, "runs": n}
+    for reg, by_rate in taxonomy(rows, run, metric).items():
+        out["taxonomy"]["cells"][reg] = {f"{r:g}": v for r, v in sorted(by_rate.items())}
+    for name, by in paired(rows, reference).items():
+        out["paired"]["runs"][name] = {col: {"diff": p.diff, "low": p.low, "high": p.high, "pairs": p.pairs,
+                                             "excludes_zero": p.excludes_zero} for col, p in by.items()}
+    return out
+
+
+def render(rows: list[dict], fmt: str, run: str, metric: str, console, reference: str | None = None) -> None:
+    """Print the evaluation tables in one of the formats of `remflow evaluate --format`."""
+    reference = pick_reference(rows, reference)
+    if fmt == "table":
+        for t in terminal_tables(rows, run, metric, reference):
+            console.print(to_rich(t))
+    elif fmt == "md":
+        text = "\n".join(to_markdown(t) for t in [summary_table(rows)] + terminal_tables(rows, run, metric, reference))
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    elif fmt == "csv":
+        console.print(csv_text(rows), markup=False, highlight=False, soft_wrap=True, end="")
+    elif fmt == "json":
+        console.print(json.dumps(summary_json(rows, run, metric, reference), indent=2, sort_keys=True),
+                      markup=False, highlight=False, soft_wrap=True)
+    else:  # pragma: no cover - the CLI restricts the choices
+        raise ValueError(fmt)
 
 
 # ---------------------------------------------------------------- files
@@ -106,13 +366,15 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def read_csv(path: str | Path) -> list[dict]:
-    numeric = {"discovery_rate", "healed", "utility", "score", "healed_test", "forget_acc", "unlearn_seconds",
-               "peak_memory_mb", "params_deployed", "params_peak", "seed"}
+    """The rows of a results.csv (files written before the run/method rename, with `method` naming the run and
+    `base_method` the method, are read too)."""
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             row: dict[str, Any] = dict(r)
-            for k in numeric & set(row):
+            if "base_method" in row and "run" not in row:
+                row["run"], row["method"] = row.pop("method"), row.pop("base_method")
+            for k in _NUMERIC & set(row):
                 row[k] = float(row[k]) if row[k] not in ("", None) else float("nan")
             row["seed"] = int(row["seed"])
             row["details"] = json.loads(row["details"]) if row.get("details") else {}
@@ -120,88 +382,65 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def pct(v: float) -> str:
-    return "—" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+def read_results(paths: list[Path]) -> list[dict]:
+    """The rows of one or more results.csv files; a run's (cell, seed) may appear in only one of them."""
+    rows: list[dict] = []
+    seen: dict[tuple, Path] = {}
+    needed = {"run", "regularity", "discovery_rate", "seed", "healed", "utility", "score"}
+    for path in paths:
+        if not path.is_file():
+            raise RemflowError("results file not found", key=str(path), hint="run `dvc repro` first")
+        try:
+            _check_csv_shape(path)
+            part = read_csv(path)
+            missing = needed - set(part[0] if part else {})
+            if missing:
+                raise KeyError("missing columns " + ", ".join(sorted(missing)))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
+            raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(path),
+                               hint="pass a reports/results.csv written by `remflow evaluate`") from None
+        for r in part:
+            key = (r["run"], r["regularity"], r["discovery_rate"], r["seed"])
+            if key in seen:
+                raise RemflowError(f"the same run is in two results files: {seen[key]} and {path}", key=str(path),
+                                   got=f"{key[0]} {key[1]} rate {key[2]:g} seed {key[3]}",
+                                   hint="pool files of disjoint grids (other seeds, regularities or rates)")
+            seen[key] = path
+        rows += part
+    return rows
 
 
-def pm(mean: float, err: float) -> str:
-    return "—" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * err:.2f}"
-
-
-def summary_by_regularity(rows: list[dict], metric: str) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """method -> {"all" | regularity -> (mean, standard error, runs)} of `metric`."""
-    out: dict[str, dict[str, tuple[float, float, int]]] = {m: {} for m in methods_in_order(rows)}
-    for m, v in summary(rows, metric).items():
-        out[m]["all"] = v
-    for reg in regularities_of(rows):
-        for m, v in summary([r for r in rows if r["regularity"] == reg], metric).items():
-            out[m][reg] = v
-    return out
-
-
-def _best(table: dict[str, dict[str, tuple[float, float, int]]], column: str) -> float | None:
-    vals = [v[column][0] for v in table.values() if column in v and not math.isnan(v[column][0])]
-    return max(vals) if vals else None
-
-
-def markdown_summary(rows: list[dict], metrics: Iterable[str] = HEADLINE) -> str:
-    """One table: methods x headline metrics, mean ± standard error over every cell and seed, best in bold."""
-    metrics = list(metrics)
-    sums = {m: summary(rows, m) for m in metrics}
-    best = {m: max((v[0] for v in sums[m].values() if not math.isnan(v[0])), default=None) for m in metrics}
-    head = "| method | runs | " + " | ".join(TITLES.get(m, m) + " (%)" for m in metrics) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(metrics)]
-    for meth in methods_in_order(rows):
-        cells = []
-        for m in metrics:
-            mean, err, n = sums[m][meth]
-            text = pm(mean, err)
-            cells.append(f"**{text}**" if best[m] is not None and mean == best[m] else text)
-        lines.append(f"| {meth} | {sums[metrics[0]][meth][2]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def markdown_metric(rows: list[dict], metric: str) -> str:
-    """One metric: methods x (all cells, then each regularity), mean ± standard error, best in bold."""
-    table = summary_by_regularity(rows, metric)
-    cols = ["all"] + regularities_of(rows)
-    lines = [f"| {TITLES.get(metric, metric)} (%) | runs | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
-    for meth, by in table.items():
-        cells = []
-        for c in cols:
-            mean, err, _ = by.get(c, (float("nan"), float("nan"), 0))
-            text = pm(mean, err)
-            cells.append(f"**{text}**" if mean == _best(table, c) else text)
-        lines.append(f"| {meth} | {by['all'][2]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def markdown_taxonomy(rows: list[dict], method: str, metric: str) -> str:
-    tab = taxonomy(rows, method, metric)
-    rates = rates_of(rows)
-    lines = [f"| {TITLES.get(metric, metric)} of {method} | " + " | ".join(f"{r:g}" for r in rates) + " |",
-             "|---|" + "---|" * len(rates)]
-    for reg in regularities_of(rows):
-        lines.append(f"| {reg} | " + " | ".join(pct(tab.get(reg, {}).get(r, float("nan"))) for r in rates) + " |")
-    return "\n".join(lines) + "\n"
+def _check_csv_shape(path: Path) -> None:
+    """Every line of a results CSV has the header's number of fields (a cut or hand-edited file does not)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise ValueError("the file is empty")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise ValueError(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
 
 
 def write_reports(rows: list[dict], reports: str | Path, metrics_path: str | Path, *, context: dict,
-                  taxonomy_method: str | None = None, heatmaps: bool = True) -> dict[str, Path]:
+                  taxonomy_run: str | None = None, reference: str | None = None,
+                  heatmaps: bool = True) -> dict[str, Path]:
     reports = Path(reports)
     written = {}
     atomic_write_text(reports / "results.csv", csv_text(rows))
     written["csv"] = reports / "results.csv"
     atomic_write_text(metrics_path, dumps_json(metrics_tree(rows)))
     written["metrics"] = Path(metrics_path)
-    method = taxonomy_method or methods_in_order(rows)[0]
+    run = taxonomy_run or runs_in_order(rows)[0]
+    reference = pick_reference(rows, reference)
     md = ["# remflow results", "", f"Produced by `remflow evaluate` ({context.get('remflow', '')}).", ""]
     md += [f"- {k}: {v}" for k, v in context.items() if k != "params"]
-    md += ["", "## Summary over every cell and seed (mean ± standard error)", "", markdown_summary(rows)]
+    md += ["", "## Summary over every cell and seed (mean ± standard error)", "", to_markdown(summary_table(rows))]
     for metric in HEADLINE:
-        md += [f"## {TITLES[metric]} by regularity", "", markdown_metric(rows, metric)]
+        md += [f"## {TITLES[metric]} by regularity", "", to_markdown(metric_table(rows, metric))]
+    md += [f"## Paired: {TITLES['score']} against {reference}", "", to_markdown(paired_table(rows, reference))]
     for metric in HEADLINE:
-        md += [f"## Taxonomy: {TITLES[metric]} of {method}", "", markdown_taxonomy(rows, method, metric)]
+        md += [f"## Taxonomy: {TITLES[metric]} of {run}", "", to_markdown(taxonomy_table(rows, run, metric))]
     if "params" in context:
         md += ["## Parameters", "", "```yaml", context["params"].rstrip(), "```", ""]
     atomic_write_text(reports / "results.md", "\n".join(md))
@@ -226,14 +465,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(rows: list[dict], method: str, metric: str) -> bytes:
+def heatmap_png(rows: list[dict], run: str, metric: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     regs, rates = regularities_of(rows), rates_of(rows)
-    tab = taxonomy(rows, method, metric)
+    tab = taxonomy(rows, run, metric)
     grid = [[100 * tab.get(g, {}).get(r, float("nan")) for r in rates] for g in regs]
     fig, ax = plt.subplots(figsize=HEATMAP_SIZE)
     im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -245,34 +484,34 @@ def heatmap_png(rows: list[dict], method: str, metric: str) -> bytes:
     ax.set_yticks(range(len(regs)), regs)
     ax.set_xlabel("discovery rate")
     ax.set_ylabel("regularity")
-    ax.set_title(f"{method}: {TITLES.get(metric, metric)} (%)")
+    ax.set_title(f"{run}: {TITLES.get(metric, metric)} (%)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return _png(fig)
 
 
-def best_method_png(rows: list[dict], metric: str = "score") -> bytes:
+def best_run_png(rows: list[dict], metric: str = "score") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    regs, rates, methods = regularities_of(rows), rates_of(rows), methods_in_order(rows)
-    tabs = {m: taxonomy(rows, m, metric) for m in methods}
+    regs, rates, runs = regularities_of(rows), rates_of(rows), runs_in_order(rows)
+    tabs = {m: taxonomy(rows, m, metric) for m in runs}
     idx, label = [], []
     for g in regs:
         irow, lrow = [], []
         for r in rates:
-            vals = [(tabs[m].get(g, {}).get(r, float("-inf")), -k, m) for k, m in enumerate(methods)]
+            vals = [(tabs[m].get(g, {}).get(r, float("-inf")), -k, m) for k, m in enumerate(runs)]
             v, negk, m = max(vals)
             irow.append(-negk)
             lrow.append(f"{m}\n{100 * v:.0f}")
         idx.append(irow)
         label.append(lrow)
-    cmap = ListedColormap(plt.get_cmap("tab20").colors[: max(1, len(methods))])
+    cmap = ListedColormap(plt.get_cmap("tab20").colors[: max(1, len(runs))])
     fig, ax = plt.subplots(figsize=HEATMAP_SIZE)
-    ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=len(methods) - 0.5, aspect="auto")
+    ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=len(runs) - 0.5, aspect="auto")
     for i, row in enumerate(label):
         for j, text in enumerate(row):
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
@@ -280,7 +519,7 @@ def best_method_png(rows: list[dict], metric: str = "score") -> bytes:
     ax.set_yticks(range(len(regs)), regs)
     ax.set_xlabel("discovery rate")
     ax.set_ylabel("regularity")
-    ax.set_title(f"best method per cell by {TITLES.get(metric, metric)}")
+    ax.set_title(f"best run per cell by {TITLES.get(metric, metric)}")
     fig.tight_layout()
     return _png(fig)
 
@@ -288,82 +527,14 @@ def best_method_png(rows: list[dict], metric: str = "score") -> bytes:
 def write_heatmaps(rows: list[dict], folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     written = {}
-    for method in methods_in_order(rows):
+    for run in runs_in_order(rows):
         for metric in HEADLINE:
-            path = folder / f"{method}-{metric}.png"
-            atomic_write_bytes(path, heatmap_png(rows, method, metric))
-            written[f"heatmap:{method}:{metric}"] = path
+            path = folder / f"{run}-{metric}.png"
+            atomic_write_bytes(path, heatmap_png(rows, run, metric))
+            written[f"heatmap:{run}:{metric}"] = path
     path = folder / "best-score.png"
-    atomic_write_bytes(path, best_method_png(rows, "score"))
+    atomic_write_bytes(path, best_run_png(rows, "score"))
     written["best"] = path
     return written
 
 
-# ---------------------------------------------------------------- terminal
-
-
-def rich_metric(rows: list[dict], metric: str):
-    """The terminal table of one metric: a row per method, mean ± standard error over all cells and seeds and
-    per regularity, the best value of each column in bold."""
-    from rich.table import Table
-
-    table_data = summary_by_regularity(rows, metric)
-    cols = ["all"] + regularities_of(rows)
-    table = Table(title=f"{TITLES.get(metric, metric)} (%): mean ± standard error over cells and seeds")
-    table.add_column("method")
-    table.add_column("runs", justify="right")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for meth, by in table_data.items():
-        cells = []
-        for c in cols:
-            mean, err, _ = by.get(c, (float("nan"), float("nan"), 0))
-            text = pm(mean, err)
-            cells.append(f"[bold]{text}[/bold]" if mean == _best(table_data, c) else text)
-        table.add_row(meth, str(by["all"][2]), *cells)
-    return table
-
-
-def rich_taxonomy(rows: list[dict], method: str, metric: str):
-    from rich.table import Table
-
-    tab = taxonomy(rows, method, metric)
-    rates = rates_of(rows)
-    table = Table(title=f"{TITLES.get(metric, metric)} of {method} (%): regularity x discovery rate")
-    table.add_column("regularity")
-    for r in rates:
-        table.add_column(f"{r:g}", justify="right")
-    for reg in regularities_of(rows):
-        table.add_row(reg, *(pct(tab.get(reg, {}).get(r, float("nan"))) for r in rates))
-    return table
-
-
-def summary_json(rows: list[dict], method: str, metric: str) -> dict[str, Any]:
-    """Machine-readable form of the terminal tables (`remflow evaluate --format json`)."""
-    out: dict[str, Any] = {"summary": {}, "taxonomy": {"method": method, "metric": metric, "cells": {}}}
-    for m in HEADLINE:
-        for meth, by in summary_by_regularity(rows, m).items():
-            for col, (mean, err, n) in by.items():
-                out["summary"].setdefault(meth, {}).setdefault(m, {})[col] = {"mean": mean, "sem": err, "runs": n}
-    for reg, by_rate in taxonomy(rows, method, metric).items():
-        out["taxonomy"]["cells"][reg] = {f"{r:g}": v for r, v in sorted(by_rate.items())}
-    return out
-
-
-def render(rows: list[dict], fmt: str, method: str, metric: str, console) -> None:
-    """Print the evaluation tables in one of the formats of `remflow evaluate --format`."""
-    if fmt == "table":
-        for m in HEADLINE:
-            console.print(rich_metric(rows, m))
-        console.print(rich_taxonomy(rows, method, metric))
-    elif fmt == "md":
-        text = markdown_summary(rows) + "\n" + "\n".join(markdown_metric(rows, m) for m in HEADLINE)
-        console.print(text + "\n" + markdown_taxonomy(rows, method, metric), markup=False, highlight=False,
-                      soft_wrap=True)
-    elif fmt == "csv":
-        console.print(csv_text(rows), markup=False, highlight=False, soft_wrap=True, end="")
-    elif fmt == "json":
-        console.print(json.dumps(summary_json(rows, method, metric), indent=2, sort_keys=True), markup=False,
-                      highlight=False, soft_wrap=True)
-    else:  # pragma: no cover - the CLI restricts the choices
-        raise ValueError(fmt)

@@ -20,12 +20,12 @@ from remflow.data.datasets import describe, load_splits
 from remflow.data.task import Task, make_task
 from remflow.errors import RemflowError
 from remflow.io import atomic_dir, file_digest, read_json, save_checkpoint, write_json
-from remflow.methods import REGISTRY, UnlearnContext, derive_seed
 from remflow.models import build_model, checkpoint_meta, count_params, load_model, shape_signature
 from remflow.models.layers import Route
-from remflow.params import REGULARITIES, ParamsBase
+from remflow.config import REGULARITIES, ParamsBase
 from remflow.progress import log
-from remflow.train import KeepBest, compiled, fit, make_optimizer, setup_runtime
+from remflow.seeds import derive_seed
+from remflow.train import Phase, by_validation, compiled, make_optimizer, setup_runtime, shuffled, train
 
 VARIANTS = ("standard", "etd")
 
@@ -87,42 +87,27 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
         return torch.nn.functional.cross_entropy(net(batch.x, route), batch.y)
 
     gen = task.generator(derive_seed(seed, "pretrain-data"))
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, steps: int):
-        if (epoch + 1) % recipe.eval_every and epoch + 1 != recipe.epochs:
-            return None
-        val = _val_acc(model, task, params)  # base mode: memorisation channels dropped
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
+    phase = Phase(f"pretrain {variant}", loss_fn, shuffled(task, task.everything, recipe.batch_size, gen),
+                  recipe.epochs, recipe.schedule)
+    # the validation accuracy in base mode (memorisation channels dropped), every eval_every epochs; with
+    # `select: last` only after the last epoch, so the model is kept as training left it
+    every = recipe.eval_every if recipe.select == "best_val" else recipe.epochs
+    select = by_validation(task, params.runtime.eval_batch_size, every=every)
     with measure(device) as cost:
         net = compiled(model, params.runtime) if route_meta is None else model
-        fit_log = fit(net, make_optimizer(model.parameters(), recipe), loss_fn,
-                      lambda e: task.batches(task.everything, recipe.batch_size, gen),
-                      epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
-                      schedule=recipe.schedule, after_epoch=after_epoch, label=f"pretrain {variant}", device=device)
-    if recipe.select == "best_val":
-        best.restore(model)
-    else:  # "last": the model as training left it, fully through the schedule
-        best.epoch, best.score = len(fit_log.epochs), _val_acc(model, task, params)
+        fit_log = train(model, make_optimizer(model.parameters(), recipe), phase, select=select, net=net,
+                        device=device)
     meta = checkpoint_meta(model, params.model, splits, variant=variant, route=route_meta)
-    train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed, "best_epoch": best.epoch,
-                 "best_val_acc": best.score, "steps": fit_log.steps, "epochs": fit_log.epochs,
+    train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed,
+                 "best_epoch": fit_log.best_epoch, "best_val_acc": fit_log.best_score, "steps": fit_log.steps,
+                 "epochs": fit_log.epochs,
                  "seconds": round(cost.seconds, 3), "device": str(device)}
     out_dir = Path(out_dir)
     save_checkpoint(out_dir / "model.safetensors", model.state_dict(), meta)
     write_json(out_dir / "log.json", train_log)
-    log(f"pretrain {variant} {manifest['regularity']} seed {seed}: val acc {best.score:.4f} "
-        f"(epoch {best.epoch}), {cost.seconds:.1f}s")
+    log(f"pretrain {variant} {manifest['regularity']} seed {seed}: val acc {fit_log.best_score:.4f} "
+        f"(epoch {fit_log.best_epoch}), {cost.seconds:.1f}s")
     return train_log
-
-
-def _val_acc(model, task: Task, params: ParamsBase) -> float:
-    from remflow.train import predict
-
-    pred = predict(model, task, task.val_x, batch_size=params.runtime.eval_batch_size)
-    return float((pred == task.val_y).float().mean())
 
 
 # ---------------------------------------------------------------- unlearn
@@ -144,6 +129,8 @@ class Prepared:
 
 def prepare_unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path: str | Path,
                     discovery_path: str | Path) -> Prepared:
+    from remflow.methods import REGISTRY, UnlearnContext
+
     cfg = params.method(run)
     method = REGISTRY[cfg.method]
     device = setup_runtime(params.runtime)

@@ -1,4 +1,4 @@
-"""The one training loop: pretraining, retraining and every training-based unlearning method run through `fit`.
+"""The one training loop: pretraining, retraining and every training-based unlearning method run through `train`.
 
 SGD (momentum 0.9, weight decay 5e-4) or Adam, with the paper's schedule: linear warm-up over 1% of the steps,
 then lr * (1 - (t - w) / (1.25 T)), which ends near 0.2 lr (Goel et al.'s LinearLR), or a constant rate.
@@ -17,9 +17,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from remflow.config import Recipe, RuntimeCfg
 from remflow.data.task import Batch, Task
-from remflow.models.layers import Route
-from remflow.params import Recipe, RuntimeCfg
 from remflow.progress import Progress
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -139,81 +138,181 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
     return max(0.0, 1.0 - (step - warm) / (1.25 * total))
 
 
+# ---------------------------------------------------------------- the loop
+
+
 @dataclass
-class FitLog:
-    steps: int = 0
-    epochs: list[dict] = field(default_factory=list)
+class Data:
+    """What a phase trains on: `batches()` yields one epoch's batches (anything its loss takes), `steps` of them."""
+
+    steps: int
+    batches: Callable[[], Iterable]
 
 
-def fit(
+def shuffled(task: Task, indices: torch.Tensor, batch_size: int, gen: torch.Generator,
+             labels: torch.Tensor | None = None) -> Data:
+    """Epochs of `indices` in a new order each time, as augmented batches (labels: the training labels)."""
+    return Data(task.num_batches(len(indices), batch_size),
+                lambda: task.batches(indices, batch_size, gen, labels=labels))
+
+
+@dataclass
+class Phase:
+    """Epochs of optimizer steps on one loss over one data source.
+
+    `until(log)`, checked before each epoch with the run's TrainLog so far, ends the phase when True (a flush
+    stops at Acc(D_f) <= gamma; SCRUB's max pass once msteps steps have run).
+    `grad_hook(model)` runs between backward and step (SalUn's mask). A phase nested in another (run before
+    each of its epochs: REM's flush, SCRUB's max pass) states whether it steps the outer phase's optimizer
+    (`shares_optimizer`: its momentum, at the learning rate the outer schedule has reached, as REM's released
+    code does) or its own, made once from `recipe`.
+    """
+
+    label: str
+    loss: LossFn
+    data: Data
+    epochs: int
+    schedule: str = "constant"
+    max_steps: int | None = None
+    until: Callable[["TrainLog"], bool] | None = None
+    grad_hook: Callable[[nn.Module], None] | None = None
+    shares_optimizer: bool = True
+    recipe: Recipe | None = None  # the own optimizer's recipe (shares_optimizer=False)
+
+
+@dataclass
+class Selection:
+    """Which epoch to keep: the best `score(model)` (never the test set), checked every `every` epochs and after
+    the last; `start`: the model before training competes as epoch 0 (it can be returned unchanged)."""
+
+    name: str
+    score: Callable[[nn.Module], float]
+    every: int = 1
+    start: bool = False
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0  # optimizer steps of the main phase
+    epochs: list[dict] = field(default_factory=list)  # one entry per main epoch run
+    best_epoch: int = 0  # 0: the starting model (or no selection: the last epoch's model is kept)
+    best_score: float = float("nan")
+    rounds: dict[str, list[int]] = field(default_factory=dict)  # nested phase -> epochs it ran before each epoch
+    nested_steps: dict[str, int] = field(default_factory=dict)
+
+    def stats(self, select: Selection | None) -> dict:
+        """The figures a method's run record keeps."""
+        out: dict = {"steps": self.steps, "epochs": len(self.epochs)}
+        if select is not None:
+            out.update(best_epoch=self.best_epoch, **{select.name: round(self.best_score, 6)})
+        for label, rounds in self.rounds.items():
+            out.update({f"{label}_rounds": rounds, f"{label}_epochs": sum(rounds),
+                        f"{label}_steps": self.nested_steps[label]})
+        return out
+
+
+def train(
     model: nn.Module,
     opt: SGD | Adam,
-    loss_fn: LossFn,
-    epoch_batches: Callable[[int], Iterable[Batch]],
+    main: Phase,
     *,
-    epochs: int,
-    steps_per_epoch: int,
-    schedule: str = "constant",
-    max_steps: int | None = None,
-    after_epoch: Callable[[int, int], dict | None] | None = None,
-    before_epoch: Callable[[int], None] | None = None,
-    until: Callable[[int], bool] | None = None,
-    grad_hook: Callable[[nn.Module], None] | None = None,
-    label: str = "train",
+    nested: tuple[Phase, ...] | list[Phase] = (),
+    select: Selection | None = None,
+    net: nn.Module | None = None,
     device: torch.device | None = None,
-) -> FitLog:
-    """Minimise `loss_fn` over `epochs` epochs of `epoch_batches(epoch)`.
-
-    `before_epoch(epoch)` runs first in each epoch (REM's flush); `until(epoch)`, checked before each epoch,
-    ends training early when it returns True (forgetting methods stop at Acc(D_f) <= gamma).
-    `after_epoch(epoch, steps)` may return a dict of figures for the log (e.g. a validation score); it is also
-    where callers keep their best checkpoint. `grad_hook` runs between backward and step (SalUn's mask).
-    """
+) -> TrainLog:
+    """Run `main` with `opt` under its schedule; before each of its epochs, each `nested` phase in turn; after
+    each, the selection. Leaves `model` at the selected epoch's state. `net` (default `model`) is what the main
+    phase's loss runs, e.g. the compiled model, sharing its parameters."""
     device = device or next(model.parameters()).device
-    total = min(max_steps or epochs * steps_per_epoch, epochs * steps_per_epoch)
-    # REMFLOW_SYNC_CHECK=1 on CUDA: any host-device synchronisation inside the inner loop raises
-    sync_check = device.type == "cuda" and os.environ.get("REMFLOW_SYNC_CHECK") == "1"
+    net = net or model
+    log = TrainLog()
+    own = {p.label: make_optimizer(model.parameters(), p.recipe) for p in nested if not p.shares_optimizer}
+    best = None
+    if select is not None:
+        best = KeepBest(model, select.score(model)) if select.start else KeepBest(model)
+    total = _total(main)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    log = FitLog()
-    with Progress(label, total=epochs) as bar:
-        for epoch in range(epochs):
-            if until is not None and until(epoch):
+    with Progress(main.label, total=main.epochs) as bar:
+        for epoch in range(main.epochs):
+            if main.until is not None and main.until(log):
                 break
-            if before_epoch is not None:
-                before_epoch(epoch)
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            n = 0
-            if sync_check:
-                torch.cuda.set_sync_debug_mode("error")
-            for batch in epoch_batches(epoch):
-                f = lr_factor(log.steps, total, schedule)
-                for g, lr in zip(opt.param_groups, base_lrs):
-                    g["lr"] = lr * f
-                with autocast(device):
-                    loss = loss_fn(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_hook is not None:
-                    grad_hook(model)
-                opt.step()
-                loss_sum += loss.detach().float()
-                n += 1
-                log.steps += 1
-                if log.steps >= total:
-                    break
-            if sync_check:
-                torch.cuda.set_sync_debug_mode("default")
-            entry = {"epoch": epoch + 1, "steps": log.steps, "loss": float(loss_sum) / max(n, 1)}
-            if after_epoch is not None:
-                entry.update(after_epoch(epoch, log.steps) or {})
+            entry: dict = {}
+            for phase in nested:
+                epochs, steps = _run_nested(model, own.get(phase.label, opt), phase, log, device)
+                log.rounds.setdefault(phase.label, []).append(epochs)
+                log.nested_steps[phase.label] = log.nested_steps.get(phase.label, 0) + steps
+                entry[phase.label] = epochs
+            loss, log.steps = _epoch(net, opt, main, base_lrs, log.steps, total, device)
+            entry = {"epoch": epoch + 1, "steps": log.steps, "loss": loss, **entry}
+            if best is not None and ((epoch + 1) % select.every == 0 or epoch + 1 == main.epochs):
+                score = select.score(model)
+                best.offer(model, score, epoch + 1)
+                entry[select.name] = score
             log.epochs.append(entry)
             bar.advance(**{k: v for k, v in entry.items() if k not in ("epoch", "steps")})
             if log.steps >= total:
                 break
     for g, lr in zip(opt.param_groups, base_lrs):
         g["lr"] = lr
+    if best is not None:
+        best.restore(model)
+        log.best_epoch, log.best_score = best.epoch, best.score
     return log
+
+
+def _total(phase: Phase) -> int:
+    full = phase.epochs * phase.data.steps
+    return min(phase.max_steps or full, full)
+
+
+def _epoch(net: nn.Module, opt, phase: Phase, base_lrs: list[float], step: int, total: int,
+           device: torch.device) -> tuple[float, int]:
+    """One epoch of `phase` from optimizer step `step` of `total`; returns its mean loss and the new step count.
+    Losses are summed on the device and read once, so the inner loop never waits for the host."""
+    # REMFLOW_SYNC_CHECK=1 on CUDA: any host-device synchronisation inside the inner loop raises
+    sync_check = device.type == "cuda" and os.environ.get("REMFLOW_SYNC_CHECK") == "1"
+    net.train()
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    if sync_check:
+        torch.cuda.set_sync_debug_mode("error")
+    for batch in phase.data.batches():
+        f = lr_factor(step, total, phase.schedule)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * f
+        with autocast(device):
+            loss = phase.loss(net, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if phase.grad_hook is not None:
+            phase.grad_hook(net)
+        opt.step()
+        loss_sum += loss.detach().float()
+        n += 1
+        step += 1
+        if step >= total:
+            break
+    if sync_check:
+        torch.cuda.set_sync_debug_mode("default")
+    return float(loss_sum) / max(n, 1), step
+
+
+def _run_nested(model: nn.Module, opt, phase: Phase, log: TrainLog, device: torch.device) -> tuple[int, int]:
+    """A nested phase, whole: its epochs until `until()` or its cap; returns (epochs, steps) run. Its schedule
+    is relative to the optimizer's learning rate as it finds it, which it leaves as it was."""
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    total, steps, epochs = _total(phase), 0, 0
+    for _ in range(phase.epochs):
+        if phase.until is not None and phase.until(log):
+            break
+        _, steps = _epoch(model, opt, phase, base_lrs, steps, total, device)
+        epochs += 1
+        if steps >= total:
+            break
+    for g, lr in zip(opt.param_groups, base_lrs):
+        g["lr"] = lr
+    return epochs, steps
 
 
 def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -241,6 +340,16 @@ class KeepBest:
         return model
 
 
+def val_accuracy(model: nn.Module, task: Task, batch_size: int = 2048) -> float:
+    """Clean validation accuracy: the model-selection signal of pretraining and of training-based methods."""
+    return float((predict(model, task, task.val_x, batch_size=batch_size) == task.val_y).float().mean())
+
+
+def by_validation(task: Task, batch_size: int = 2048, every: int = 1) -> Selection:
+    """Keep the epoch with the best validation accuracy (the validation split, never the test set)."""
+    return Selection("val_acc", lambda m: val_accuracy(m, task, batch_size), every=every)
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -253,11 +362,8 @@ def predict(
     *,
     batch_size: int = 2048,
     gen: torch.Generator | None = None,
-    route_ids: torch.Tensor | None = None,
-    keep: float = 0.2,
-    seed: int = 0,
 ) -> torch.Tensor:
-    """Predicted classes (on the device) for uint8 `images`; eval mode; base mode unless `route_ids` given."""
+    """Predicted classes (on the device) for uint8 `images`, in eval mode (a widened model: base mode)."""
     was_training = model.training
     model.eval()
     out = []
@@ -265,9 +371,8 @@ def predict(
         for s in range(0, len(images), batch_size):
             sl = slice(s, s + batch_size)
             x = task.inputs(images[sl], None if triggered is None else triggered[sl], gen)
-            route = None if route_ids is None else Route(route_ids[sl], keep=keep, seed=seed)
             with autocast(x.device):
-                out.append(model(x, route).argmax(1) if route is not None else model(x).argmax(1))
+                out.append(model(x).argmax(1))
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=images.device)

@@ -187,5 +187,5 @@ TINY = {
     "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0],
              "methods": ["none", "finetune"], "etd_methods": ["none"], "pretrain_variants": ["standard", "etd"]},
     "methods": {"none": {}, "finetune": {}},
-    "evaluate": {"taxonomy_method": None},
+    "evaluate": {"taxonomy_run": None},
 }

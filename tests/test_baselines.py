@@ -60,7 +60,7 @@ def test_ssd_dampens_the_backdoor_away(cells):
 @pytest.mark.parametrize("name", ["ga", "npo"])
 def test_forgetting_d_f_heals_a_fully_discovered_backdoor(cells, name):
     record, after, before = run(cells, name, "high")
-    assert record["stats"]["forget_epochs"] >= 1 and record["stats"]["best_epoch"] >= 1, record["stats"]
+    assert record["stats"]["epochs"] >= 1 and record["stats"]["best_epoch"] >= 1, record["stats"]
     assert after["forget_acc"] <= 0.25 < before["forget_acc"], (before, after)
     assert after["healed"] > before["healed"] + 0.5, (before, after)
     assert kept_utility(after, before), (before, after)
@@ -72,7 +72,7 @@ def test_forgetting_d_f_heals_a_fully_discovered_backdoor(cells, name):
 
 def test_scrub_heals_fully_discovered_interclass_confusion(cells):
     record, after, before = run(cells, "scrub", "medium")
-    assert record["stats"]["max_passes"] >= 1 and record["stats"]["min_steps"] > 0, record["stats"]
+    assert record["stats"]["max_epochs"] >= 1 and record["stats"]["steps"] > 0, record["stats"]
     assert after["healed"] > before["healed"] + 0.3, (before, after)
     assert kept_utility(after, before), (before, after)
     assert record["params_peak"] == 2 * record["params_deployed"]  # teacher + student

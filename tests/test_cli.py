@@ -69,6 +69,40 @@ def test_bad_params_are_refused_before_any_work(tmp_path, over, needles):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("over,needles", [
+    ({"corruption": {"count": 45}}, ["corruption.count", "even", "45"]),  # `medium` is in the grid
+    ({"corruption": {"size": 64, "count": None}}, ["corruption.size", "renamed", "corruption.count", "10296"]),
+    ({"model": {"name": "resnet9", "width": 8}}, ["model.name", "ResNet-9", "11x11", "8x8"]),
+    ({"corruption": {"backdoor": {"patch": 8}}}, ["corruption.backdoor.patch", "8px"]),
+    ({"corruption": {"interclass": {"classes": [3, 12]}}}, ["corruption.interclass.classes", "0..9"]),
+    ({"methods": {"rem/x": {"method": "rem"}}}, ["methods.rem/x", "run name", "letters"]),
+    ({"methods": {"rem x": {"method": "rem"}}}, ["methods.rem x", "run name"]),
+])
+@pytest.mark.parametrize("command", ["check", "corrupt", "pretrain"])
+def test_cross_field_rules_are_refused_by_every_command(tmp_path, over, needles, command):
+    raw = merge(root_params(), over)
+    raw["corruption"] = {k: v for k, v in raw["corruption"].items() if v is not None}
+    p = write_yaml(tmp_path / "params.yaml", raw)
+    out = tmp_path / "out"
+    args = {"check": ["--dvc", str(ROOT / "dvc.yaml")],
+            "corrupt": ["--regularity", "high", "--seed", "0", "--out", str(out)],
+            "pretrain": ["--manifest", str(tmp_path / "m.json"), "--out", str(out)]}[command]
+    r = invoke(command, *args, "--params", str(p))
+    assert_refused(r, *needles)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_check_refuses_a_corrupted_set_the_training_set_cannot_hold(tmp_path):
+    """A rule that needs the data (600 interclass samples need 300 of class 3 and of class 5): `remflow check`
+    finds it before any stage runs."""
+    p = params_file(tmp_path, {"corruption": {"count": 600}})
+    r = invoke("check", "--params", str(p), "--dvc", str(ROOT / "dvc.yaml"))
+    assert_refused(r, "corruption.count", "300 each")
+    p = params_file(tmp_path, {"corruption": {"count": 10**6}})
+    r = invoke("check", "--params", str(p), "--dvc", str(ROOT / "dvc.yaml"))
+    assert_refused(r, "corruption.count", "outside")
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, cells):
     """A manifest, a discovered set and a checkpoint to break."""
@@ -126,6 +160,23 @@ def test_discovered_index_outside_the_corrupted_set(tmp_path, made):
     bad.write_text(json.dumps(d))
     r = invoke("unlearn", *unlearn_args(tmp_path, made, discovered=bad))
     assert_refused(r, "not in the corrupted set", "d.json")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda d, m: d.update(rate=0.1), ["rate 0.1", "lists"]),
+    (lambda d, m: d.update(rate=1.5), ["rate", "(0, 1]", "1.5"]),
+    (lambda d, m: d.update(rate="half"), ["rate", "'half'"]),
+    (lambda d, m: d.update(seed=d["seed"] + 1), ["another corrupted set", "seed"]),
+    (lambda d, m: d.update(indices=d["indices"][:-1] + [d["indices"][0]]), ["repeat"]),
+])
+def test_hand_edited_discovery_file(tmp_path, made, edit, needles):
+    d = json.loads(Path(made[1]).read_text())
+    edit(d, json.loads(Path(made[0]).read_text()))
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps(d))
+    r = invoke("unlearn", *unlearn_args(tmp_path, made, discovered=bad))
+    assert_refused(r, "d.json", *needles)
     assert not (tmp_path / "run").exists()
 
 

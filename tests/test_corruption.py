@@ -17,45 +17,45 @@ def splits(digits_params):
 
 
 def test_backdoor(splits):
-    m = make_manifest("high", 0, CorruptionCfg(size=64), splits)
+    m = make_manifest("high", 0, CorruptionCfg(count=64), splits)
     assert len(m["indices"]) == 64 and len(set(m["indices"])) == 64
     assert set(m["labels"]) == {0}
     assert m["trigger"]["size"] == 3
     # the trigger value is the largest value of the normalised training data: a white patch
     assert m["trigger"]["value"] == pytest.approx((1.0 - splits.mean[0]) / splits.std[0])
-    assert make_manifest("high", 0, CorruptionCfg(size=64), splits) == m  # seeded
-    assert make_manifest("high", 1, CorruptionCfg(size=64), splits)["indices"] != m["indices"]
+    assert make_manifest("high", 0, CorruptionCfg(count=64), splits) == m  # seeded
+    assert make_manifest("high", 1, CorruptionCfg(count=64), splits)["indices"] != m["indices"]
 
 
 def test_interclass_confusion_takes_the_first_half_of_each_class(splits):
-    m = make_manifest("medium", 0, CorruptionCfg(size=64), splits)
+    m = make_manifest("medium", 0, CorruptionCfg(count=64), splits)
     idx, new = np.array(m["indices"]), np.array(m["labels"])
     y = splits.train_y
     assert np.array_equal(np.sort(idx[y[idx] == 3]), np.flatnonzero(y == 3)[:32])
     assert np.array_equal(np.sort(idx[y[idx] == 5]), np.flatnonzero(y == 5)[:32])
     assert np.all(new[y[idx] == 3] == 5) and np.all(new[y[idx] == 5] == 3)
     with pytest.raises(RemflowError, match="even"):
-        make_manifest("medium", 0, CorruptionCfg(size=63), splits)
+        make_manifest("medium", 0, CorruptionCfg(count=63), splits)
     with pytest.raises(RemflowError, match="training samples"):
-        make_manifest("medium", 0, CorruptionCfg(size=600), splits)
+        make_manifest("medium", 0, CorruptionCfg(count=600), splits)
 
 
 def test_random_labels_are_wrong(splits):
-    m = make_manifest("low", 0, CorruptionCfg(size=0.1), splits)
+    m = make_manifest("low", 0, CorruptionCfg(count=0.1), splits)
     idx, new = np.array(m["indices"]), np.array(m["labels"])
     assert len(idx) == round(0.1 * len(splits.train_y))
     assert np.all(new != splits.train_y[idx]) and np.all((0 <= new) & (new < 10))
     assert len(set(new.tolist())) == 10
 
 
-def test_size_outside_the_training_set(splits):
+def test_count_outside_the_training_set(splits):
     with pytest.raises(RemflowError) as e:
-        make_manifest("low", 0, CorruptionCfg(size=10**6), splits)
-    assert e.value.key == "corruption.size"
+        make_manifest("low", 0, CorruptionCfg(count=10**6), splits)
+    assert e.value.key == "corruption.count"
 
 
 def test_discovery_is_a_nested_seeded_subset(splits):
-    m = make_manifest("high", 0, CorruptionCfg(size=64), splits)
+    m = make_manifest("high", 0, CorruptionCfg(count=64), splits)
     sets = [set(make_discovery(m, r, 0)["indices"]) for r in (0.1, 0.5, 1.0)]
     assert [len(s) for s in sets] == [6, 32, 64]
     assert sets[0] < sets[1] < sets[2] == set(m["indices"])
@@ -65,7 +65,7 @@ def test_discovery_is_a_nested_seeded_subset(splits):
 
 
 def test_discovered_index_outside_the_corrupted_set(splits):
-    m = make_manifest("high", 0, CorruptionCfg(size=64), splits)
+    m = make_manifest("high", 0, CorruptionCfg(count=64), splits)
     d = make_discovery(m, 0.5, 0)
     bad = {**d, "indices": d["indices"] + [next(i for i in range(10**4) if i not in m["indices"])]}
     with pytest.raises(RemflowError, match="not in the corrupted set"):
@@ -73,7 +73,7 @@ def test_discovered_index_outside_the_corrupted_set(splits):
 
 
 def test_corrupted_manifest_is_refused(splits):
-    m = make_manifest("low", 0, CorruptionCfg(size=64), splits)
+    m = make_manifest("low", 0, CorruptionCfg(count=64), splits)
     for broken in ({**m, "format": "x"}, {k: v for k, v in m.items() if k != "indices"},
                    {**m, "indices": m["indices"][:-1]}, {**m, "labels": [99] * 64},
                    {**m, "indices": [10**6] * 64}, {**m, "fingerprint": "other"}, []):

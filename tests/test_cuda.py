@@ -24,7 +24,7 @@ def cuda_params():
 def test_pretrain_and_unlearn_on_cuda_without_syncs_in_the_inner_loop(tmp_path, cuda_params, monkeypatch):
     from remflow import stages
 
-    monkeypatch.setenv("REMFLOW_SYNC_CHECK", "1")  # fit() raises on any synchronising op inside its inner loop
+    monkeypatch.setenv("REMFLOW_SYNC_CHECK", "1")  # train() raises on any synchronising op inside its inner loop
     manifest = tmp_path / "m.json"
     stages.corrupt(cuda_params, "high", 0, manifest)
     stages.pretrain(cuda_params, manifest, tmp_path / "p")

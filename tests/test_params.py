@@ -23,7 +23,7 @@ def test_shipped_params_are_valid():
 
 def test_yaml_is_read_as_yaml_1_2(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("pretrain:\n  lr: 1e-3\ndata:\n  download: false\nevaluate:\n  taxonomy_method: null\n")
+    f.write_text("pretrain:\n  lr: 1e-3\ndata:\n  download: false\nevaluate:\n  taxonomy_run: null\n")
     raw = read_yaml(f)
     assert raw["pretrain"]["lr"] == 0.001 and isinstance(raw["pretrain"]["lr"], float)  # PyYAML reads a string
     assert load_params(f).pretrain.lr == 0.001
@@ -69,11 +69,11 @@ def test_etd_methods_need_etd_pretraining():
     assert rows[0][0] == "grid" and "etd" in rows[0][1]
 
 
-def test_corruption_size_is_a_count_or_a_fraction():
-    assert validate({"corruption": {"size": 0.02}}).corruption.size == 0.02
-    assert validate({"corruption": {"size": 1000}}).corruption.size == 1000
-    [(key, problem, _)] = problems({"corruption": {"size": 1000.0}})
-    assert key == "corruption.size" and "integer" in problem
+def test_corruption_count_is_a_count_or_a_fraction():
+    assert validate({"corruption": {"count": 0.02}}).corruption.count == 0.02
+    assert validate({"corruption": {"count": 1000}}).corruption.count == 1000
+    [(key, problem, _)] = problems({"corruption": {"count": 1000.0}})
+    assert key == "corruption.count" and "integer" in problem
 
 
 def test_method_recipe_inherits_the_unlearning_budget():
@@ -87,7 +87,7 @@ def test_defaults_are_the_papers():
     assert (p.pretrain.lr, p.pretrain.batch_size, p.pretrain.epochs) == (0.025, 512, 41)
     assert (p.unlearn.lr, p.unlearn.epochs, p.unlearn.schedule) == (0.005, 10, "constant")
     assert p.grid.discovery_rates == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert p.corruption.size == 1000 and p.corruption.interclass.classes == (3, 5)
+    assert p.corruption.count == 1000 and p.corruption.interclass.classes == (3, 5)
 
 
 def test_missing_params_file(tmp_path):

@@ -40,7 +40,7 @@ RUNS = [
 def rows(tmp_path):
     text = ",".join(report.COLUMNS) + "\n"
     for m, reg, rate, seed, h, u in RUNS:
-        values = {"method": m, "base_method": m, "pretrained": "standard", "regularity": reg, "discovery_rate": rate,
+        values = {"run": m, "method": m, "pretrained": "standard", "regularity": reg, "discovery_rate": rate,
                   "seed": seed, "healed": h, "utility": u, "score": h * u, "healed_test": h, "forget_acc": 1 - h,
                   "unlearn_seconds": 1.5, "peak_memory_mb": 10, "params_deployed": 100, "params_peak": 400,
                   "details": ""}
@@ -80,11 +80,11 @@ def test_metrics_json_is_nested_without_dots(rows):
 
 
 def test_markdown_marks_the_best(rows):
-    md = report.markdown_summary(rows)
+    md = report.to_markdown(report.summary_table(rows))
     line = next(l for l in md.splitlines() if l.startswith("| rem"))
     assert "**63.75 ± " in line and "**55.75 ± " in line
     assert "**95.00 ± 0.00**" in next(l for l in md.splitlines() if l.startswith("| none"))
-    tax = report.markdown_taxonomy(rows, "rem", "score")
+    tax = report.to_markdown(report.taxonomy_table(rows, "rem", "score"))
     assert "| high | 50.50 | 90.50 |" in tax
 
 
@@ -110,11 +110,11 @@ def test_evaluate_prints_every_format_from_a_csv(rows, tmp_path):
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md"])
     assert r.exit_code == 0 and "| rem |" in r.output
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "csv"])
-    assert r.output.splitlines()[0].startswith("method,")
+    assert r.output.splitlines()[0].startswith("run,method,")
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path)])
     assert r.exit_code == 0 and "Utility×Healed" in r.output and "rem" in r.output
-    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--method", "nope"])
-    assert r.exit_code == 2 and "--method" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--run", "nope"])
+    assert r.exit_code == 2 and "--run" in r.output
 
 
 @pytest.mark.parametrize("damage", ["truncated", "no_columns", "bad_number", "binary"])
@@ -155,3 +155,75 @@ def test_evaluate_pools_the_results_of_a_split_grid(rows, tmp_path):
     assert r.exit_code == 2, r.output
     flat = re.sub(r"[\s│]", "", r.output)
     assert "Traceback" not in r.output and "s0.csv" in flat and "whole.csv" in flat and "seed0" in flat
+
+
+def test_a_results_file_of_the_old_column_names_is_read(rows, tmp_path):
+    old = report.csv_text(rows).replace("run,method,", "method,base_method,", 1)
+    path = tmp_path / "old.csv"
+    path.write_text(old)
+    again = report.read_csv(path)
+    assert [r["run"] for r in again] == [r["run"] for r in rows] and again[0]["method"] == rows[0]["method"]
+
+
+# a hand-made comparison: `better` beats `rem` by 0.10 +- 0.01 in every (cell, seed), `same` equals it,
+# `noisy` differs by +-0.2 alternately (mean 0)
+PAIRED = [("high", 0.1, 0), ("high", 0.1, 1), ("high", 1.0, 0), ("high", 1.0, 1),
+          ("low", 0.1, 0), ("low", 0.1, 1), ("low", 1.0, 0), ("low", 1.0, 1)]
+
+
+def paired_rows(tmp_path, runs=("rem", "better", "same", "noisy")):
+    text = ",".join(report.COLUMNS) + "\n"
+    for k, (reg, rate, seed) in enumerate(PAIRED):
+        base = 0.3 + 0.05 * k
+        scores = {"rem": base, "better": base + 0.10 + (0.01 if k % 2 else -0.01), "same": base,
+                  "noisy": base + (0.2 if k % 2 else -0.2)}
+        for run in runs:
+            values = {"run": run, "method": run, "pretrained": "standard", "regularity": reg,
+                      "discovery_rate": rate, "seed": seed, "healed": scores[run], "utility": 1.0,
+                      "score": scores[run], "healed_test": 0, "forget_acc": 0, "unlearn_seconds": 1,
+                      "peak_memory_mb": 1, "params_deployed": 1, "params_peak": 1, "details": ""}
+            text += ",".join(str(values[c]) for c in report.COLUMNS) + "\n"
+    path = tmp_path / "paired.csv"
+    path.write_text(text)
+    return path
+
+
+def test_paired_differences_with_bootstrap_intervals(tmp_path):
+    rows = report.read_csv(paired_rows(tmp_path))
+    cmp = report.paired(rows, "rem")
+    assert set(cmp) == {"better", "same", "noisy"}
+    better = cmp["better"]["all"]
+    assert better.pairs == 8 and better.diff == pytest.approx(0.10)
+    assert 0.09 <= better.low < 0.10 < better.high <= 0.11 and better.excludes_zero
+    assert cmp["same"]["all"].diff == 0 and not cmp["same"]["all"].excludes_zero
+    noisy = cmp["noisy"]["all"]
+    assert noisy.low < 0 < noisy.high and not noisy.excludes_zero
+    assert cmp["better"]["high"].pairs == 4 and cmp["better"]["low"].excludes_zero
+    assert report.paired(rows, "rem") == cmp  # seeded: the same interval every time
+    md = report.to_markdown(report.paired_table(rows, "rem"))
+    line = next(l for l in md.splitlines() if l.startswith("| better"))
+    assert "**+10.00 [+9." in line and "]** *" in line
+    assert "excludes 0" in md
+
+
+def test_evaluate_reports_the_paired_comparison_in_every_format(tmp_path):
+    path = paired_rows(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)["paired"]
+    assert data["reference"] == "rem" and data["runs"]["better"]["all"]["excludes_zero"] is True
+    assert data["runs"]["noisy"]["all"]["excludes_zero"] is False
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "json", "--reference", "better"])
+    data = json.loads(r.output)["paired"]
+    assert data["reference"] == "better" and data["runs"]["rem"]["all"]["diff"] == pytest.approx(-0.10)
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path)])
+    assert r.exit_code == 0 and "minus rem's" in r.output and "+10.00" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md"])
+    assert "| better | 8 | **+10.00" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--reference", "nope"])
+    assert r.exit_code == 2 and "--reference" in r.output and "nope" in r.output
+    # without rem in the results the first run is the reference
+    no_rem = paired_rows(tmp_path, runs=("same", "better"))
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(no_rem), "--format", "json"])
+    assert json.loads(r.output)["paired"]["reference"] == "same"

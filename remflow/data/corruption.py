@@ -25,7 +25,7 @@ import numpy as np
 from remflow.data.datasets import Splits
 from remflow.errors import RemflowError
 from remflow.io import read_json
-from remflow.params import CORRUPTION_OF, CorruptionCfg
+from remflow.config import CORRUPTION_OF, CorruptionCfg
 
 MANIFEST_FORMAT = "remflow-manifest/1"
 DISCOVERY_FORMAT = "remflow-discovery/1"
@@ -34,10 +34,10 @@ _STREAM_CORRUPT, _STREAM_DISCOVER = 11, 23
 
 
 def corrupted_size(cfg: CorruptionCfg, n_train: int) -> int:
-    n = cfg.size if isinstance(cfg.size, int) else int(round(cfg.size * n_train))
+    n = cfg.count if isinstance(cfg.count, int) else int(round(cfg.count * n_train))
     if n < 1 or n > n_train:
         raise RemflowError(f"corrupted-set size resolves to {n} samples, outside 1..{n_train}",
-                           key="corruption.size", got=cfg.size)
+                           key="corruption.count", got=cfg.count)
     return n
 
 
@@ -72,12 +72,12 @@ def make_manifest(regularity: str, seed: int, cfg: CorruptionCfg, splits: Splits
             raise RemflowError(f"classes outside 0..{n_classes - 1}", key="corruption.interclass.classes", got=[a, b])
         if n % 2:
             raise RemflowError("interclass confusion needs an even corrupted-set size (n/2 per class)",
-                               key="corruption.size", got=cfg.size)
+                               key="corruption.count", got=cfg.count)
         of_a, of_b = np.flatnonzero(labels == a), np.flatnonzero(labels == b)
         if min(len(of_a), len(of_b)) < n // 2:
             raise RemflowError(
                 f"classes {a} and {b} have {len(of_a)} and {len(of_b)} training samples; {n // 2} each are needed",
-                key="corruption.size", got=cfg.size)
+                key="corruption.count", got=cfg.count)
         pick_a, pick_b = of_a[: n // 2], of_b[: n // 2]
         idx = np.concatenate([pick_a, pick_b])
         order = np.argsort(idx)
@@ -160,14 +160,41 @@ def make_discovery(manifest: dict[str, Any], rate: float, seed: int) -> dict[str
     }
 
 
+def check_corruption(cfg: CorruptionCfg, regularities, splits: Splits) -> None:
+    """The corruption rules that need the loaded training set (|D_c| within it, an even |D_c| for interclass
+    confusion, enough samples of the two classes), for every regularity of the grid: what each corrupt stage
+    would refuse, refused before any stage runs."""
+    for reg in regularities:
+        make_manifest(reg, 0, cfg, splits)
+
+
 def check_discovery(d: Any, manifest: dict[str, Any], path: str) -> dict[str, Any]:
+    """Refuse a discovery file that is not a subset of D_c drawn at its rate for this manifest (a hand-edited
+    or stale file), naming the file."""
+    def bad(msg, got=None):
+        raise RemflowError(f"discovery file: {msg}", key=path, got=got,
+                           hint="rerun its discover stage (dvc repro), or fix the file by hand")
+
     if not isinstance(d, dict) or d.get("format") != DISCOVERY_FORMAT or not isinstance(d.get("indices"), list):
         raise RemflowError("not a remflow discovery file", key=path, hint="rerun its discover stage")
-    outside = sorted(set(d["indices"]) - set(manifest["indices"]))
+    rate = d.get("rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 < rate <= 1.0):
+        bad("the discovery rate must be a number in (0, 1]", got=rate)
+    for key in ("regularity", "seed", "fingerprint"):
+        if d.get(key) != manifest.get(key):
+            bad(f"made for another corrupted set ({key} {d.get(key)!r}, the manifest's {manifest.get(key)!r})")
+    idx = d["indices"]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        bad("indices must be integers")
+    outside = sorted(set(idx) - set(manifest["indices"]))
     if outside:
         raise RemflowError(
             f"{len(outside)} discovered indices are not in the corrupted set D_c", key=path,
             got=outside[:5], hint="D_f must be a subset of the manifest's indices; rerun its discover stage")
-    if len(set(d["indices"])) != len(d["indices"]):
+    if len(set(idx)) != len(idx):
         raise RemflowError("discovered indices repeat", key=path)
+    expected = max(1, int(round(rate * len(manifest["indices"]))))
+    if len(idx) != expected:
+        bad(f"rate {rate:g} of |D_c| = {len(manifest['indices'])} is {expected} discovered samples; the file "
+            f"lists {len(idx)}", got=rate)
     return d

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from remflow.errors import RemflowError
-from remflow.params import DataCfg
+from remflow.config import DataCfg
 
 DEFAULT_ROOTS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from remflow.data.datasets import Splits
-from remflow.params import AugmentCfg, DataCfg
+from remflow.config import AugmentCfg, DataCfg
 
 
 @dataclass
@@ -24,7 +24,6 @@ class Batch:
     y: torch.Tensor  # the labels training sees (corrupted where D_c)
     idx: torch.Tensor  # training-set indices (the routing masks hash them)
     forget: torch.Tensor  # bool: sample is in D_f
-    forget_pos: torch.Tensor | None = None  # positions of D_f samples in the batch, when a method planned them
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:

@@ -1,10 +1,16 @@
-"""The method registry: one module per unlearning method, each registering itself on import."""
+"""The method registry: one module per unlearning method, each registering itself on import.
 
-from remflow.methods.base import REGISTRY, Method, UnlearnContext, derive_seed, register
+Every module of this package is imported here (found on disk, no list to edit), so adding a method is adding
+its module (and its entry under `methods:` in params.yaml). Modules without a `register(...)` call are the
+shared parts (base, forgetting, importance).
+"""
 
-# importing a module registers its method; the order is the order `remflow methods` lists them in
-from remflow.methods import (  # noqa: E402,F401  isort: skip
-    none, retrain, finetune, rem, ga, npo, neggrad_plus, scrub, bad_teacher, salun, ssd, potion,
-)
+import importlib
+import pkgutil
 
-__all__ = ["REGISTRY", "Method", "UnlearnContext", "derive_seed", "register"]
+from remflow.methods.base import REGISTRY, Method, MethodConfig, UnlearnContext, register
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["REGISTRY", "Method", "MethodConfig", "UnlearnContext", "register"]

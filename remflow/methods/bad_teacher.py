@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, fit, make_optimizer
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Phase
 
 
 class BadTeacherConfig(MethodConfig):
@@ -38,8 +37,6 @@ def unlearn(ctx: UnlearnContext, cfg: BadTeacherConfig) -> torch.nn.Module:
     good = ctx.frozen_copy(model)
     bad = ctx.frozen_copy(ctx.fresh_model("bad-teacher"))
     ctx.note_params(model, good, bad)
-    opt = make_optimizer(model.parameters(), recipe)
-    gen = ctx.generator("bad-teacher-data")
     t = cfg.temperature
 
     def loss_fn(net, batch):
@@ -51,15 +48,6 @@ def unlearn(ctx: UnlearnContext, cfg: BadTeacherConfig) -> torch.nn.Module:
         # "mean" spelled out: torch's own reduction="mean" is due to change meaning to "batchmean"
         return kl / (target.numel() if cfg.reduction == "mean" else target.shape[0])
 
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, steps: int):
-        val = ctx.val_accuracy(model)
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
-    log = fit(model, opt, loss_fn, lambda e: task.batches(task.everything, recipe.batch_size, gen),
-              epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, recipe.batch_size),
-              schedule=recipe.schedule, after_epoch=after_epoch, label="bad teacher", device=ctx.device)
-    ctx.stats.update(steps=log.steps, best_epoch=best.epoch, val_acc=round(best.score, 6))
-    return best.restore(model)
+    data = ctx.shuffled(task.everything, recipe.batch_size, "bad-teacher-data")
+    return ctx.train(model, recipe, Phase("bad teacher", loss_fn, data, recipe.epochs, recipe.schedule),
+                     select=ctx.by_validation())

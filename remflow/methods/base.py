@@ -2,27 +2,43 @@
 
 A method is one module: a pydantic config class (a MethodConfig with `method: Literal[name]` and the
 paper's defaults) and a function `unlearn(ctx, cfg) -> model` returning the deployable model, registered
-with `@register(...)`. See docs/adding-a-method.md.
+with `@register(...)`. A training-based method states its loss, the data it trains on and its selection rule
+(a `Phase` and a `Selection` of remflow.train) and calls `ctx.train`, the one shared part that runs the loop,
+the nested phases, the selection and the run's figures. See docs/adding-a-method.md.
 """
 
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
+from pydantic import Field, PositiveInt
 
+from remflow.config import ParamsBase, Recipe, Strict
 from remflow.data.task import Task
 from remflow.models import WidenableNet, build_model, count_params
-from remflow.params import MethodConfig, ParamsBase, Recipe
-from remflow.train import accuracy
+from remflow.seeds import derive_seed
+from remflow.train import (Data, Phase, Selection, accuracy, by_validation, compiled, make_optimizer, shuffled,
+                           train)
 
 
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from labelled parts, so each random decision has its own stream."""
-    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+class MethodConfig(Strict):
+    """Base of every method's config. Recipe fields left at None take the `unlearn` section's values."""
+
+    method: str
+    optimizer: Literal["sgd", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    batch_size: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    schedule: Literal["warmup_linear", "constant"] | None = None
+
+    def recipe(self, budget: Recipe) -> Recipe:
+        own = {k: getattr(self, k) for k in Recipe.model_fields if getattr(self, k, None) is not None}
+        return Recipe(**{**budget.model_dump(include=set(Recipe.model_fields)), **own})
 
 
 @dataclass
@@ -61,16 +77,29 @@ class UnlearnContext:
         """Record the parameters held at once (trained and frozen copies together) for `params_peak`."""
         self.peak_params = max(self.peak_params, count_params(*models))
 
-    def val_accuracy(self, model: torch.nn.Module) -> float:
-        """Clean validation accuracy: the model-selection signal of training-based methods (never the test set)."""
-        from remflow.train import predict
-
-        t = self.task
-        bs = self.params.runtime.eval_batch_size
-        return float((predict(model, t, t.val_x, batch_size=bs) == t.val_y).float().mean())
-
     def acc(self, model: torch.nn.Module, idx: torch.Tensor, **kw) -> float:
         return accuracy(model, self.task, idx, batch_size=self.params.runtime.eval_batch_size, **kw)
+
+    # -- what training-based methods state, and the shared part that runs it
+    def shuffled(self, indices: torch.Tensor, batch_size: int, *stream: object,
+                 labels: torch.Tensor | None = None) -> Data:
+        """Epochs of `indices`, reshuffled each time from their own seeded stream."""
+        return shuffled(self.task, indices, batch_size, self.generator(*stream), labels)
+
+    def by_validation(self) -> Selection:
+        """Keep the epoch with the best clean validation accuracy (never the test set)."""
+        return by_validation(self.task, self.params.runtime.eval_batch_size)
+
+    def train(self, model: torch.nn.Module, recipe: Recipe, main: Phase, *, nested: tuple[Phase, ...] = (),
+              select: Selection | None = None, compile: bool = False) -> torch.nn.Module:
+        """Run `main` (and `nested` before each of its epochs) with the recipe's optimizer, keep the epoch
+        `select` picks, and record the run's figures in `stats`. `compile`: torch.compile the main phase's
+        forward when `runtime.compile` is set (plain steps only, no channel routing)."""
+        opt = make_optimizer(model.parameters(), recipe)
+        net = compiled(model, self.params.runtime) if compile else None
+        log = train(model, opt, main, nested=nested, select=select, net=net, device=self.device)
+        self.stats.update(log.stats(select))
+        return model
 
 
 @dataclass(frozen=True)
@@ -81,12 +110,14 @@ class Method:
     summary: str
     reference: str
     uses_expansion: bool = False  # receives an ETD checkpoint widened, with its memorisation channels
+    ablation: bool = False  # a variant of another method for an ablation study (suites may leave it out)
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config: type[MethodConfig], *, summary: str, reference: str, uses_expansion: bool = False):
+def register(name: str, config: type[MethodConfig], *, summary: str, reference: str, uses_expansion: bool = False,
+             ablation: bool = False):
     field_ = config.model_fields.get("method")
     if field_ is None or field_.default != name:
         raise TypeError(f"{config.__name__}.method must be Literal['{name}'] with default '{name}'")
@@ -94,7 +125,7 @@ def register(name: str, config: type[MethodConfig], *, summary: str, reference: 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"method '{name}' registered twice")
-        REGISTRY[name] = Method(name, config, fn, summary, reference, uses_expansion)
+        REGISTRY[name] = Method(name, config, fn, summary, reference, uses_expansion, ablation)
         return fn
 
     return wrap

@@ -2,9 +2,8 @@
 
 from typing import Literal
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.methods.retrain import train_on
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Phase, cross_entropy
 
 
 class FinetuneConfig(MethodConfig):
@@ -16,4 +15,6 @@ class FinetuneConfig(MethodConfig):
           reference="Goel et al. 2024 (CF)")
 def unlearn(ctx: UnlearnContext, cfg: FinetuneConfig):
     recipe = ctx.recipe(cfg)
-    return train_on(ctx, ctx.model, ctx.task.retain, recipe, recipe.epochs, "finetune", "finetune-data")
+    data = ctx.shuffled(ctx.task.retain, recipe.batch_size, "finetune-data")
+    return ctx.train(ctx.model, recipe, Phase("finetune", cross_entropy, data, recipe.epochs, recipe.schedule),
+                     select=ctx.by_validation(), compile=True)

@@ -16,7 +16,7 @@ from torch import nn
 from remflow.losses import per_sample_ce
 from remflow.methods.base import UnlearnContext
 from remflow.models.layers import Route
-from remflow.train import KeepBest, fit, predict
+from remflow.train import Phase, Selection, predict, shuffled
 
 ForgetLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -32,11 +32,6 @@ def forget_accuracy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor,
 def proxy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, retain: torch.Tensor, gamma: float) -> float:
     """Acc_base(D_r) * (1 - max(Acc_base(D_f), gamma)), both against the training (corrupted) labels."""
     return ctx.acc(model, retain) * (1.0 - max(ctx.acc(model, forget), gamma))
-
-
-def reference_ce(ref: nn.Module, batch, route: Route | None) -> torch.Tensor:
-    with torch.no_grad():
-        return per_sample_ce(ref(batch.x, route) if route is not None else ref(batch.x), batch.y)
 
 
 class ReferenceCE:
@@ -74,58 +69,31 @@ class ReferenceCE:
             return per_sample_ce(self._forward(batch.x, batch.idx), batch.y)
 
 
-def flush(
-    ctx: UnlearnContext,
-    model: nn.Module,
-    ref: nn.Module,
-    opt,
-    forget: torch.Tensor,
-    loss: ForgetLoss,
-    *,
-    beta: float,
-    gamma: float,
-    max_epochs: int,
-    batch_size: int,
-    gen: torch.Generator,
-    ref_ce: Callable[[object], torch.Tensor] | None = None,
-    after_epoch=None,
-    label: str = "flush",
-) -> int:
-    """Epochs of `loss` on D_f through the base model until Acc(D_f) <= gamma or `max_epochs`; returns epochs run.
-    `ref_ce(batch)` gives the reference's per-sample CE (default: `ref` in base mode)."""
-    task = ctx.task
-    ref_ce = ref_ce or (lambda batch: reference_ce(ref, batch, None))
+def forget_phase(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, loss: ForgetLoss,
+                 ref_ce: Callable[[object], torch.Tensor], *, beta: float, gamma: float, epochs: int,
+                 batch_size: int, gen: torch.Generator, label: str) -> Phase:
+    """Epochs of `loss` (per sample, against the reference's CE `ref_ce(batch)`) on D_f through the base model,
+    at a constant rate, until Acc(D_f) <= gamma or `epochs`: REM's flush, and the NPO / Ascent baselines."""
 
     def step_loss(net, batch):
-        ce = per_sample_ce(net(batch.x), batch.y)
-        return loss(ce, ref_ce(batch), beta).mean()
+        return loss(per_sample_ce(net(batch.x), batch.y), ref_ce(batch), beta).mean()
 
-    log = fit(model, opt, step_loss, lambda e: task.batches(forget, batch_size, gen), epochs=max_epochs,
-              steps_per_epoch=task.num_batches(len(forget), batch_size), schedule="constant",
-              until=lambda e: forget_accuracy(ctx, model, forget, gen) <= gamma, after_epoch=after_epoch,
-              label=label, device=ctx.device)
-    return len(log.epochs)
+    return Phase(label, step_loss, shuffled(ctx.task, forget, batch_size, gen), epochs,
+                 until=lambda log: forget_accuracy(ctx, model, forget, gen) <= gamma)
+
+
+def by_proxy(ctx: UnlearnContext, forget: torch.Tensor, retain: torch.Tensor, gamma: float) -> Selection:
+    """REM's selection: the best proxy, the model before unlearning competing as epoch 0."""
+    return Selection("proxy", lambda m: proxy(ctx, m, forget, retain, gamma), start=True)
 
 
 def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) -> nn.Module:
-    """The NPO / Gradient Ascent baselines: epochs of `loss` on D_f until Acc(D_f) <= gamma (at most `epochs`),
-    keeping the epoch with the best proxy (the original model counts as epoch 0)."""
+    """The NPO / Gradient Ascent baselines: the forget phase on D_f against the frozen original, proxy selection."""
     task, model = ctx.task, ctx.model
     recipe = ctx.recipe(cfg)
     ref = ctx.frozen_copy(model)
     ctx.note_params(model, ref)
-    from remflow.train import make_optimizer
-
-    opt = make_optimizer(model.parameters(), recipe)
-    best = KeepBest(model, proxy(ctx, model, task.forget, task.retain, cfg.gamma))
-
-    def after_epoch(epoch, steps):
-        score = proxy(ctx, model, task.forget, task.retain, cfg.gamma)
-        best.offer(model, score, epoch + 1)
-        return {"proxy": score}
-
-    epochs = flush(ctx, model, ref, opt, task.forget, loss, beta=getattr(cfg, "beta", 1.0), gamma=cfg.gamma,
-                   max_epochs=recipe.epochs, batch_size=recipe.batch_size, gen=ctx.generator(label),
-                   ref_ce=ReferenceCE(ctx, ref), after_epoch=after_epoch, label=label)
-    ctx.stats.update(forget_epochs=epochs, best_epoch=best.epoch, proxy=round(best.score, 6))
-    return best.restore(model)
+    phase = forget_phase(ctx, model, task.forget, loss, ReferenceCE(ctx, ref), beta=getattr(cfg, "beta", 1.0),
+                         gamma=cfg.gamma, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                         gen=ctx.generator(label), label=label)
+    return ctx.train(model, recipe, phase, select=by_proxy(ctx, task.forget, task.retain, cfg.gamma))

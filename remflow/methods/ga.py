@@ -13,9 +13,8 @@ import torch
 from pydantic import Field
 
 from remflow.losses import gradient_ascent
-from remflow.methods.base import UnlearnContext, register
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.methods.forgetting import forget_with_proxy
-from remflow.params import MethodConfig
 
 
 class GaConfig(MethodConfig):

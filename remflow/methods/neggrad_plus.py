@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from remflow.data.task import Batch
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, fit, make_optimizer
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Data, Phase
 
 
 class NegGradPlusConfig(MethodConfig):
@@ -50,7 +49,6 @@ def paired(ctx: UnlearnContext, retain: torch.Tensor, forget: torch.Tensor, batc
 def unlearn(ctx: UnlearnContext, cfg: NegGradPlusConfig) -> torch.nn.Module:
     task, model = ctx.task, ctx.model
     recipe = ctx.recipe(cfg)
-    opt = make_optimizer(model.parameters(), recipe)
     gen, forget_gen = ctx.generator("neggrad-retain"), ctx.generator("neggrad-forget")
 
     def loss_fn(net, pair: tuple[Batch, Batch | None]) -> torch.Tensor:
@@ -60,15 +58,7 @@ def unlearn(ctx: UnlearnContext, cfg: NegGradPlusConfig) -> torch.nn.Module:
             loss = loss - (1.0 - cfg.alpha) * F.cross_entropy(net(f.x).float(), f.y)
         return loss
 
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, steps: int):
-        val = ctx.val_accuracy(model)
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
-    log = fit(model, opt, loss_fn, lambda e: paired(ctx, task.retain, task.forget, recipe.batch_size, gen, forget_gen),
-              epochs=recipe.epochs, steps_per_epoch=task.num_batches(len(task.retain), recipe.batch_size),
-              schedule=recipe.schedule, after_epoch=after_epoch, label="neggrad+", device=ctx.device)
-    ctx.stats.update(steps=log.steps, best_epoch=best.epoch, val_acc=round(best.score, 6))
-    return best.restore(model)
+    data = Data(task.num_batches(len(task.retain), recipe.batch_size),
+                lambda: paired(ctx, task.retain, task.forget, recipe.batch_size, gen, forget_gen))
+    return ctx.train(model, recipe, Phase("neggrad+", loss_fn, data, recipe.epochs, recipe.schedule),
+                     select=ctx.by_validation())

@@ -2,8 +2,7 @@
 
 from typing import Literal
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 
 
 class NoneConfig(MethodConfig):

@@ -24,9 +24,8 @@ import torch
 from pydantic import Field, PositiveInt
 
 from remflow.methods import importance as imp
-from remflow.methods.base import UnlearnContext, register
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 from remflow.methods.forgetting import forget_accuracy
-from remflow.params import MethodConfig
 
 _TRIES = {"paper": 50, "original": 500}
 _START_DIVISOR = {"paper": 1.0, "original": 25.0}

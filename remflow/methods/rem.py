@@ -35,11 +35,10 @@ import torch
 from pydantic import Field, PositiveInt
 
 from remflow.losses import gradient_ascent, npo, npo_redirect, per_sample_ce
-from remflow.methods.base import UnlearnContext, derive_seed, register
-from remflow.methods.forgetting import ReferenceCE, flush, proxy
+from remflow.methods.base import MethodConfig, UnlearnContext, derive_seed, register
+from remflow.methods.forgetting import ReferenceCE, by_proxy, forget_phase
 from remflow.models.layers import SHARED_ID, Route, WidenableNet
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, fit, make_optimizer
+from remflow.train import Data, Phase, autocast
 
 
 class RemConfig(MethodConfig):
@@ -92,6 +91,24 @@ class RemResult:
     def route_ids(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.where(self.is_forget[idx], torch.full_like(idx, SHARED_ID), idx)
 
+    @torch.inference_mode()
+    def full_accuracy(self, task, idx: torch.Tensor, batch_size: int = 2048) -> float:
+        """Accuracy on training samples `idx` (their training labels) through the added channels too, each
+        sample routed as REM trained it: how much of the corruption the added channels hold."""
+        was_training = self.model.training
+        self.model.eval()
+        correct = []
+        try:
+            for s in range(0, len(idx), batch_size):
+                i = idx[s : s + batch_size]
+                x = task.inputs(task.train_x[i], task.triggered[i], None)
+                with autocast(x.device):
+                    out = self.model(x, Route(self.route_ids(i), keep=self.keep, seed=self.route_seed))
+                correct.append(out.argmax(1) == task.train_y[i])
+        finally:
+            self.model.train(was_training)
+        return float(torch.cat(correct).float().mean())
+
 
 def unlearn(ctx: UnlearnContext, cfg: RemConfig) -> torch.nn.Module:
     return run_rem(ctx, cfg).model.deploy_()
@@ -137,40 +154,31 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
                          reuse=cfg.reuse_reference)
 
     forget_term = npo if cfg.forget_loss == "npo" else gradient_ascent
-    opt = make_optimizer(model.parameters(), recipe)
     gen = ctx.generator("rem-data")
-    flush_rounds: list[int] = []
-
     bs = recipe.batch_size
-    plan: dict[str, object] = {}
+    # -- step 2, before every repair epoch; it steps the repair's optimizer, as the released code does
+    flush = forget_phase(ctx, model, forget, forget_term, ref_ce, beta=cfg.beta, gamma=cfg.gamma,
+                         epochs=cfg.flush_max_epochs, batch_size=bs, gen=gen, label="flush")
 
-    def before_epoch(epoch: int) -> None:
-        flush_rounds.append(flush(
-            ctx, model, ref, opt, forget, forget_term, beta=cfg.beta, gamma=cfg.gamma,
-            max_epochs=cfg.flush_max_epochs, batch_size=bs, gen=gen, ref_ce=ref_ce, label=f"flush {epoch + 1}"))
-        if cfg.removal_pass == "forget":
-            # where each batch's D_f samples sit, worked out once per epoch on the host, so the inner loop can
-            # run the base model on just those samples without a host-device sync per step
-            order = task.everything[torch.randperm(task.num_train, generator=gen, device=ctx.device)]
-            flags = is_forget[order].cpu().numpy()
-            pos = [np.flatnonzero(flags[s : s + bs]) for s in range(0, len(flags), bs)]
-            flat = torch.as_tensor(np.concatenate(pos), device=ctx.device)
-            ends = np.cumsum([len(p) for p in pos])
-            plan["order"] = order
-            plan["forget_pos"] = [flat[e - len(p) : e] for p, e in zip(pos, ends)]
-
-    def epoch_batches(epoch: int):
+    def repair_batches():
+        """One epoch of the training set: (batch, positions of its D_f samples, or None to run them all)."""
         if cfg.removal_pass == "batch":
-            yield from task.batches(task.everything, bs, gen)
+            for batch in task.batches(task.everything, bs, gen):
+                yield batch, None
             return
-        order = plan["order"]
+        # where each batch's D_f samples sit, worked out once per epoch on the host, so the inner loop can
+        # run the base model on just those samples without a host-device sync per step
+        order = task.everything[torch.randperm(task.num_train, generator=gen, device=ctx.device)]
+        flags = is_forget[order].cpu().numpy()
+        pos = [np.flatnonzero(flags[s : s + bs]) for s in range(0, len(flags), bs)]
+        flat = torch.as_tensor(np.concatenate(pos), device=ctx.device)
+        ends = np.cumsum([len(p) for p in pos])
         for k, start in enumerate(range(0, task.num_train, bs)):
-            batch = task.batch(order[start : start + bs], gen)
-            batch.forget_pos = plan["forget_pos"][k]
-            yield batch
+            yield task.batch(order[start : start + bs], gen), flat[ends[k] - len(pos[k]) : ends[k]]
 
     # -- step 3's per-batch loss: redirect on every sample, removal on the batch's D_f samples
-    def repair_loss(net, batch):
+    def repair_loss(net, item):
+        batch, forget_pos = item
         r = route(batch)
         f = is_forget[batch.idx]
         ce_ref = ref_ce(batch)
@@ -186,27 +194,16 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
         loss = fit_term.sum()
         if cfg.remove_in_repair and ce_base is not None:
             loss = loss + torch.where(f, forget_term(ce_base, ce_ref, cfg.beta), torch.zeros_like(ce_base)).sum()
-        elif cfg.remove_in_repair and len(batch.forget_pos):  # removal_pass: forget
-            pos = batch.forget_pos
-            ce_f = per_sample_ce(net(batch.x[pos]), batch.y[pos])
-            loss = loss + forget_term(ce_f, ce_ref[pos], cfg.beta).sum()
+        elif cfg.remove_in_repair and len(forget_pos):  # removal_pass: forget
+            ce_f = per_sample_ce(net(batch.x[forget_pos]), batch.y[forget_pos])
+            loss = loss + forget_term(ce_f, ce_ref[forget_pos], cfg.beta).sum()
         return loss / len(batch.idx)  # the mean over the whole batch, as the released code takes it
 
+    repair = Phase("repair", repair_loss, Data(task.num_batches(task.num_train, bs), repair_batches),
+                   recipe.epochs, recipe.schedule)
     # -- step 4's selection, starting from the original model
-    best = KeepBest(model, proxy(ctx, model, forget, retain, cfg.gamma))
-
-    def after_epoch(epoch: int, steps: int):
-        score = proxy(ctx, model, forget, retain, cfg.gamma)
-        best.offer(model, score, epoch + 1)
-        return {"proxy": score, "flush": flush_rounds[-1] if flush_rounds else 0}
-
-    log = fit(model, opt, repair_loss, epoch_batches, epochs=recipe.epochs,
-              steps_per_epoch=task.num_batches(task.num_train, bs), schedule=recipe.schedule,
-              before_epoch=before_epoch, after_epoch=after_epoch, label="rem repair", device=ctx.device)
-    best.restore(model)
-    ctx.stats.update(flush_epochs=sum(flush_rounds), flush_rounds=flush_rounds, repair_steps=log.steps,
-                     best_epoch=best.epoch, proxy=round(best.score, 6), forgotten=len(forget),
-                     added=dict(model.added))
+    ctx.train(model, recipe, repair, nested=(flush,), select=by_proxy(ctx, forget, retain, cfg.gamma))
+    ctx.stats.update(forgotten=len(forget), added=dict(model.added))
     return RemResult(model, keep, route_seed, is_forget)
 
 
@@ -214,10 +211,10 @@ _DOC = "Schoepf et al. 2026 (ICLR), arXiv 2505.17730"
 register("rem", RemConfig, summary="REM: expand, flush D_f with NPO, repair + redirect through a shared mask, "
          "drop the added channels", reference=_DOC, uses_expansion=True)(unlearn)
 register("rem_noredirect", RemNoRedirectConfig, summary="REM ablation without redirection (step 3.1 off; "
-         "code: REMGEN)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+         "code: REMGEN)", reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
 register("rem_noremove", RemNoRemoveConfig, summary="REM ablation without the retained removal term "
-         "(step 3.2 off; code: NPOREMMOD)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+         "(step 3.2 off; code: NPOREMMOD)", reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
 register("rem_ga", RemGaConfig, summary="REM ablation with gradient ascent instead of NPO (code: REMMOD)",
-         reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+         reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
 register("rem_ideal", RemIdealConfig, summary="REM told all of D_c (oracle upper bound, not a method; "
-         "code: REMIDEAL)", reference=_DOC + " §ablation", uses_expansion=True)(unlearn)
+         "code: REMIDEAL)", reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)

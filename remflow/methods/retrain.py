@@ -9,9 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, compiled, cross_entropy, fit, make_optimizer
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Phase, cross_entropy
 
 
 class RetrainConfig(MethodConfig):
@@ -20,31 +19,13 @@ class RetrainConfig(MethodConfig):
     epochs: int | None = Field(None, gt=0, description="default: the pretraining epochs")
 
 
-def train_on(ctx: UnlearnContext, model, indices, recipe, epochs: int, label: str, stream: str):
-    """Cross-entropy training on `indices` with the recipe; keeps the best validation checkpoint."""
-    task = ctx.task
-    opt = make_optimizer(model.parameters(), recipe)
-    gen = ctx.generator(stream)
-    best = KeepBest(model)
-
-    def after_epoch(epoch, steps):
-        val = ctx.val_accuracy(model)
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
-    log = fit(compiled(model, ctx.params.runtime), opt, cross_entropy,
-              lambda e: task.batches(indices, recipe.batch_size, gen),
-              epochs=epochs, steps_per_epoch=task.num_batches(len(indices), recipe.batch_size),
-              schedule=recipe.schedule, after_epoch=after_epoch, label=label, device=ctx.device)
-    ctx.stats.update(steps=log.steps, best_epoch=best.epoch)
-    return best.restore(model)
-
-
 @register("retrain", RetrainConfig, summary="retrain from scratch on D_tr \\ D_f (the paper's 'Retrained')",
           reference="Goel et al. 2024 (EU); Schoepf et al. 2026 §4")
 def unlearn(ctx: UnlearnContext, cfg: RetrainConfig):
     recipe = ctx.recipe(cfg)
     model = ctx.fresh_model("retrain")
     ctx.note_params(model)
+    data = ctx.shuffled(ctx.task.retain, recipe.batch_size, "retrain-data")
     epochs = cfg.epochs or ctx.params.pretrain.epochs
-    return train_on(ctx, model, ctx.task.retain, recipe, epochs, "retrain", "retrain-data")
+    return ctx.train(model, recipe, Phase("retrain", cross_entropy, data, epochs, recipe.schedule),
+                     select=ctx.by_validation(), compile=True)

@@ -23,9 +23,8 @@ import torch
 from pydantic import Field
 
 from remflow.methods import importance as imp
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, cross_entropy, fit, make_optimizer
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Phase, cross_entropy
 
 
 class SalUnConfig(MethodConfig):
@@ -76,19 +75,9 @@ def unlearn(ctx: UnlearnContext, cfg: SalUnConfig) -> torch.nn.Module:
             # the optimizer adds wd * p to the gradient: -wd * p makes the update of a frozen entry exactly zero
             p.grad.copy_(torch.where(m, p.grad, -wd * p) if wd else p.grad * m)
 
-    opt = make_optimizer(model.parameters(), recipe)
-    gen = ctx.generator("salun-data")
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, steps: int):
-        val = ctx.val_accuracy(model)
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
-    log = fit(model, opt, cross_entropy, lambda e: task.batches(task.everything, bs, gen, labels=labels),
-              epochs=recipe.epochs, steps_per_epoch=task.num_batches(task.num_train, bs), schedule=recipe.schedule,
-              grad_hook=only_salient, after_epoch=after_epoch, label="salun", device=ctx.device)
+    data = ctx.shuffled(task.everything, bs, "salun-data", labels=labels)
+    ctx.train(model, recipe, Phase("salun", cross_entropy, data, recipe.epochs, recipe.schedule,
+                                   grad_hook=only_salient), select=ctx.by_validation())
     salient = sum(int(m.sum()) for m in mask.values())
-    ctx.stats.update(steps=log.steps, best_epoch=best.epoch, val_acc=round(best.score, 6), salient=salient,
-                     salient_share=round(salient / max(sum(m.numel() for m in mask.values()), 1), 6))
-    return best.restore(model)
+    ctx.stats.update(salient=salient, salient_share=round(salient / max(sum(m.numel() for m in mask.values()), 1), 6))
+    return model

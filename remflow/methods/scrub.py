@@ -7,7 +7,7 @@ original (the teacher) on D_r while moving away from it on D_f.
                            or  -(gamma CE(s, y) + alpha KL_T(t || s))  (`max_step: full`, Goel et al.'s and
                                                                          REM's code: adds ascent on the labels)
 
-Each epoch is a max pass over D_f, while fewer than `msteps` steps (max and min together) have run, then a
+Each epoch is a max pass over D_f (a nested phase), while fewer than `msteps` steps (max and min together) have run, then a
 min pass over D_r. Defaults are the configuration REM reports: its code's full-loss max step, alpha 0.01,
 gamma 1, T 4, msteps 100 (at CIFAR-10 scale, one or two max passes). The original SCRUB's large-scale
 values are alpha 0.001, gamma 0.99, T 4 and msteps counted in epochs (2 of 3). The epoch with the best
@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt
 
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
-from remflow.train import KeepBest, fit, make_optimizer
+from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.train import Phase, shuffled
 
 
 class ScrubConfig(MethodConfig):
@@ -53,7 +52,6 @@ def unlearn(ctx: UnlearnContext, cfg: ScrubConfig) -> torch.nn.Module:
     recipe = ctx.recipe(cfg)
     teacher = ctx.frozen_copy(model)
     ctx.note_params(model, teacher)
-    opt = make_optimizer(model.parameters(), recipe)
     gen = ctx.generator("scrub-data")
 
     def terms(net, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,28 +68,11 @@ def unlearn(ctx: UnlearnContext, cfg: ScrubConfig) -> torch.nn.Module:
         ce, kl = terms(net, batch)
         return -kl if cfg.max_step == "kl" else -(cfg.gamma * ce + cfg.alpha * kl)
 
-    steps = {"max": 0, "min": 0, "passes": 0}
-
-    def max_pass(epoch: int) -> None:
-        if steps["max"] + steps["min"] >= cfg.msteps or len(task.forget) == 0:
-            return
-        log = fit(model, opt, max_loss, lambda e: task.batches(task.forget, recipe.batch_size, gen), epochs=1,
-                  steps_per_epoch=task.num_batches(len(task.forget), recipe.batch_size), schedule="constant",
-                  label=f"scrub max {epoch + 1}", device=ctx.device)
-        steps["max"] += log.steps
-        steps["passes"] += 1
-
-    best = KeepBest(model)
-
-    def after_epoch(epoch: int, total: int):
-        steps["min"] = total
-        val = ctx.val_accuracy(model)
-        best.offer(model, val, epoch + 1)
-        return {"val_acc": val}
-
-    fit(model, opt, min_loss, lambda e: task.batches(task.retain, recipe.batch_size, gen), epochs=recipe.epochs,
-        steps_per_epoch=task.num_batches(len(task.retain), recipe.batch_size), schedule=recipe.schedule,
-        before_epoch=max_pass, after_epoch=after_epoch, label="scrub min", device=ctx.device)
-    ctx.stats.update(max_passes=steps["passes"], max_steps=steps["max"], min_steps=steps["min"],
-                     best_epoch=best.epoch, val_acc=round(best.score, 6))
-    return best.restore(model)
+    # one max pass over D_f before each min epoch while fewer than msteps steps (max and min) have run; it
+    # steps the min phase's optimizer, at the learning rate its schedule has reached (REM's and Goel's code)
+    max_pass = Phase("max", max_loss, shuffled(task, task.forget, recipe.batch_size, gen), epochs=1,
+                     until=lambda log: log.steps + log.nested_steps.get("max", 0) >= cfg.msteps
+                     or len(task.forget) == 0)
+    min_phase = Phase("min", min_loss, shuffled(task, task.retain, recipe.batch_size, gen), recipe.epochs,
+                      recipe.schedule)
+    return ctx.train(model, recipe, min_phase, nested=(max_pass,), select=ctx.by_validation())

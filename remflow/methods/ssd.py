@@ -15,8 +15,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from remflow.methods import importance as imp
-from remflow.methods.base import UnlearnContext, register
-from remflow.params import MethodConfig
+from remflow.methods.base import MethodConfig, UnlearnContext, register
 
 
 class SsdConfig(MethodConfig):

@@ -11,7 +11,7 @@ from remflow.models.cnn import SmallCNN
 from remflow.models.layers import SHARED_ID, Route, WidenableNet
 from remflow.models.resnet9 import ResNet9
 from remflow.models.vit import ViT
-from remflow.params import CnnCfg, ResNet9Cfg, ViTCfg
+from remflow.config import CnnCfg, ResNet9Cfg, ViTCfg
 
 __all__ = ["SHARED_ID", "Route", "WidenableNet", "build_model", "count_params", "shape_signature"]
 
@@ -58,7 +58,7 @@ def load_model(path, device=None) -> tuple[WidenableNet, dict]:
     from pydantic import TypeAdapter, ValidationError
 
     from remflow.io import load_checkpoint
-    from remflow.params import ModelCfg
+    from remflow.config import ModelCfg
 
     tensors, meta = load_checkpoint(path)
     try:

@@ -1,0 +1,336 @@
+"""The sections of params.yaml as pydantic models: what the library's modules take as arguments.
+
+Defaults are the paper's CIFAR-10 / ResNet-9 setting (research/paper-rem.md §2-4); the suites' params files
+override what they change. `extra="forbid"` everywhere. The `methods:` section is typed by the method registry:
+remflow.params assembles the full schema (these sections + every registered method's config) and loads it,
+so nothing here imports the methods and the methods never import remflow.params.
+
+No key is named `size` or `nfiles` at any depth: DVC's run cache drops such keys from the hash it looks runs
+up by (treeverse/dvc#10296), so a changed `size` would restore the outputs of the old value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from remflow.errors import RemflowError
+
+__all__ = [
+    "Regularity",
+    "REGULARITIES",
+    "CORRUPTION_OF",
+    "DATASETS",
+    "ModelCfg",
+    "RUN_NAME",
+    "Strict",
+    "CrossError",
+    "AugmentCfg",
+    "DataCfg",
+    "BackdoorCfg",
+    "InterclassCfg",
+    "CorruptionCfg",
+    "CnnCfg",
+    "ResNet9Cfg",
+    "ViTCfg",
+    "Recipe",
+    "EtdCfg",
+    "PretrainCfg",
+    "UnlearnCfg",
+    "GridCfg",
+    "RuntimeCfg",
+    "EvaluateCfg",
+    "ParamsBase",
+]
+
+
+Regularity = Literal["high", "medium", "low"]
+REGULARITIES: tuple[str, ...] = ("high", "medium", "low")
+CORRUPTION_OF = {"high": "backdoor", "medium": "interclass", "low": "random_labels"}
+DATASETS = ("digits", "fashion_mnist", "cifar10", "svhn")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CrossError(ValueError):
+    """A rule that involves a key path of its own (or several keys): reported under `key`, not pydantic's loc."""
+
+    def __init__(self, key: str, got: object, message: str):
+        super().__init__(message)
+        self.key, self.got, self.message = key, got, message
+
+
+# a run name becomes a folder name, part of DVC stage names (`unlearn@<run>-high-0.1-0`) and a params path
+# (`methods.<run>`): letters, digits, `_` and `-` only, starting with a letter
+RUN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+# ---------------------------------------------------------------- data and corruption
+
+
+class AugmentCfg(Strict):
+    """Training augmentation, applied in batches on the device (paper: crop 32 pad 4 + horizontal flip)."""
+
+    crop_padding: NonNegativeInt = 4
+    flip: bool = True
+
+
+class DataCfg(Strict):
+    dataset: Literal["digits", "fashion_mnist", "cifar10", "svhn"] = "cifar10"
+    root: str | None = Field(None, description="folder with the dataset files (default: per dataset)")
+    download: bool = Field(False, description="cifar10/svhn/fashion_mnist: download when files are missing")
+    val_fraction: float = Field(0.02, gt=0, lt=0.5, description="held out of the training set for model selection")
+    test_fraction: float = Field(0.2, gt=0, lt=0.9, description="digits only: share held out as the test set")
+    train_size: PositiveInt | None = Field(None, description="keep a seeded subset of the training set")
+    test_size: PositiveInt | None = Field(None, description="keep a seeded subset of the test set")
+    split_seed: NonNegativeInt = 0
+    augment: AugmentCfg = AugmentCfg()
+
+
+class BackdoorCfg(Strict):
+    """High regularity: a square trigger in the bottom-right corner, relabelled to `target`."""
+
+    target: NonNegativeInt = 0
+    patch: PositiveInt = 3
+    value: Literal["max"] | float = Field("max", description="'max' = the largest value of the normalised data")
+
+
+class InterclassCfg(Strict):
+    """Medium regularity: the first n/2 training samples of each class are relabelled to the other."""
+
+    classes: tuple[NonNegativeInt, NonNegativeInt] = (3, 5)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, v):
+        if v[0] == v[1]:
+            raise ValueError("the two classes must differ")
+        return v
+
+
+class CorruptionCfg(Strict):
+    count: PositiveInt | float = Field(1000, description="|D_c|: a count, or a fraction of the training set")
+    backdoor: BackdoorCfg = BackdoorCfg()
+    interclass: InterclassCfg = InterclassCfg()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # `size` was this key's old name; DVC's run cache ignores keys named `size` (treeverse/dvc#10296)
+        if isinstance(data, dict) and "size" in data:
+            raise CrossError("corruption.size", data["size"],
+                             "renamed to `corruption.count` (DVC's run cache ignores keys named `size`, "
+                             "treeverse/dvc#10296, and would restore the corrupted set of the old size)")
+        return data
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v):
+        if isinstance(v, float) and not (0.0 < v < 1.0):
+            raise ValueError("a fraction must lie in (0, 1); write a count as an integer (1000, not 1000.0)")
+        return v
+
+
+# ---------------------------------------------------------------- models
+
+
+class CnnCfg(Strict):
+    """Small residual CNN for 8x8 and 28x28 inputs."""
+
+    name: Literal["cnn"]
+    width: PositiveInt = 16
+
+
+class ResNet9Cfg(Strict):
+    """The paper's ResNet-9 (Goel et al. variant); width 32 is the paper's capacity-0.5 model, 64 the full one."""
+
+    name: Literal["resnet9"]
+    width: PositiveInt = 32
+
+
+class ViTCfg(Strict):
+    """ViT for small datasets (shifted patch tokenization + locality self-attention), paper §2.2."""
+
+    name: Literal["vit"]
+    patch: PositiveInt = 8
+    dim: PositiveInt = 512
+    depth: PositiveInt = 4
+    heads: PositiveInt = 4
+    dim_head: PositiveInt = 64
+    mlp_dim: PositiveInt = 768
+
+
+ModelCfg = Annotated[Union[CnnCfg, ResNet9Cfg, ViTCfg], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- training recipes
+
+
+class Recipe(Strict):
+    """One optimisation recipe: what `remflow.train` needs to run a loop."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: PositiveInt = 512
+    epochs: PositiveInt
+    schedule: Literal["warmup_linear", "constant"]
+
+
+class EtdCfg(Strict):
+    """Example-tied dropout pretraining (Maini et al. 2023 as used by REM): memorisation channels per sample."""
+
+    ratio: float = Field(1.0, gt=0, le=4, description="memorisation channels per deployed channel")
+    keep: float = Field(0.2, gt=0, lt=1, description="per-sample keep probability of a memorisation channel")
+
+
+class PretrainCfg(Recipe):
+    """Training the original (corrupted) model; paper: SGD lr 0.025, batch 512, 4000 steps (~41 epochs)."""
+
+    lr: float = Field(0.025, gt=0)
+    epochs: PositiveInt = 41
+    schedule: Literal["warmup_linear", "constant"] = "warmup_linear"
+    eval_every: PositiveInt = Field(5, description="epochs between validation checks (best checkpoint kept)")
+    select: Literal["best_val", "last"] = Field(
+        "best_val", description="checkpoint kept: best validation accuracy (the paper keeps the best test "
+        "accuracy) or the last epoch (for a validation split too small to tell the epochs apart)")
+    etd: EtdCfg = EtdCfg()
+
+
+class UnlearnCfg(Recipe):
+    """The unlearning budget every method starts from (paper §4: lr 0.005, 980 steps = 10 epochs, batch 512)."""
+
+    lr: float = Field(0.005, gt=0)
+    epochs: PositiveInt = 10
+    schedule: Literal["warmup_linear", "constant"] = "constant"
+
+
+# ---------------------------------------------------------------- the grid and the rest
+
+
+class GridCfg(Strict):
+    """The taxonomy cells: dvc.yaml's matrix stages read these lists."""
+
+    regularities: list[Regularity] = list(REGULARITIES)
+    discovery_rates: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = [
+        round(0.1 * i, 1) for i in range(1, 11)
+    ]
+    seeds: list[NonNegativeInt] = [0, 1, 2]
+    methods: list[str] = Field([], description="run names (entries of `methods:`) run on the standard model")
+    etd_methods: list[str] = Field([], description="run names also run on the ETD-pretrained model ('X (ETD)')")
+    pretrain_variants: list[Literal["standard", "etd"]] = Field(
+        ["standard"], description="original models to train: standard, and etd when etd_methods is not empty"
+    )
+
+    @field_validator("regularities", "discovery_rates", "seeds", "methods", "etd_methods", "pretrain_variants")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("values must be unique")
+        return v
+
+    @field_validator("regularities", "discovery_rates", "seeds")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _variants(self):
+        for runs, variant in ((self.methods, "standard"), (self.etd_methods, "etd")):
+            if runs and variant not in self.pretrain_variants:
+                raise ValueError(f"pretrain_variants must include '{variant}' to run {', '.join(runs)}")
+        return self
+
+
+class RuntimeCfg(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: PositiveInt | None = Field(None, description="CPU threads (default: torch's choice)")
+    compile: bool = Field(False, description="torch.compile the training step (CUDA)")
+    eval_batch_size: PositiveInt = 2048
+
+
+class EvaluateCfg(Strict):
+    taxonomy_run: str | None = Field(None, description="run of the taxonomy tables (default: the first)")
+    reference: str | None = Field(None, description="run every other run is compared with, paired over the same "
+                                  "cells and seeds (default: rem, else the first run)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "taxonomy_method" in data:
+            raise CrossError("evaluate.taxonomy_method", data["taxonomy_method"],
+                             "renamed to `evaluate.taxonomy_run` (a run is a named entry under `methods:`; a "
+                             "method is the registered algorithm it runs)")
+        return data
+
+
+class ParamsBase(Strict):
+    data: DataCfg = DataCfg()
+    corruption: CorruptionCfg = CorruptionCfg()
+    model: ModelCfg = ResNet9Cfg(name="resnet9")
+    pretrain: PretrainCfg = PretrainCfg()
+    unlearn: UnlearnCfg = UnlearnCfg()
+    grid: GridCfg = GridCfg()
+    methods: dict[str, Any] = {}  # typed by the method registry: remflow.params.schema()
+    runtime: RuntimeCfg = RuntimeCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_names(cls, data: Any) -> Any:
+        """A `methods` entry without a `method:` field runs the registered method of the same name."""
+        if isinstance(data, dict) and isinstance(data.get("methods"), dict):
+            entries = {}
+            for name, entry in data["methods"].items():
+                if not isinstance(name, str) or not RUN_NAME.match(name):
+                    raise CrossError(f"methods.{name}", name, "a run name may hold letters, digits, `_` and `-` "
+                                     "only, start with a letter and have at most 64 characters (it names "
+                                     "folders, DVC stages and params paths)")
+                if entry is None:
+                    entry = {}
+                if isinstance(entry, dict) and "method" not in entry:
+                    entry = {**entry, "method": name}
+                entries[name] = entry
+            data = {**data, "methods": entries}
+        return data
+
+    @model_validator(mode="after")
+    def _cross(self):
+        for key in ("methods", "etd_methods"):
+            for i, name in enumerate(getattr(self.grid, key)):
+                if name not in self.methods:
+                    raise CrossError(
+                        f"grid.{key}.{i}", name,
+                        f"'{name}' has no entry under `methods:` (add `{name}: {{}}` to run it with its defaults)",
+                    )
+        names = list(self.grid.methods) + [f"{m}_etd" for m in self.grid.etd_methods]
+        for key in ("taxonomy_run", "reference"):
+            value = getattr(self.evaluate, key)
+            if value is not None and value not in names:
+                raise CrossError(f"evaluate.{key}", value, f"not among the grid's runs: {', '.join(names)}")
+        return self
+
+    # -- helpers used by the commands
+    def method(self, name: str) -> Any:
+        if name not in self.methods:
+            raise RemflowError(f"no method named '{name}' under `methods:`", key=f"methods.{name}", got=name,
+                               hint=f"defined: {', '.join(self.methods) or '(none)'}")
+        return self.methods[name]
+
+
+
