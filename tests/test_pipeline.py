@@ -28,7 +28,7 @@ def test_repro_runs_every_stage_and_writes_results(repo):
     assert set(metrics["cells"]["finetune"]["high"]) == {"r50", "r100"}
     assert all("." not in k for k in json.dumps(metrics["cells"]).split('"')[1::2])
     header = (repo.path / "reports" / "results.csv").read_text().splitlines()[0].split(",")
-    for col in ("method", "regularity", "discovery_rate", "seed", "healed", "utility", "score", "healed_test",
+    for col in ("run", "method", "regularity", "discovery_rate", "seed", "healed", "utility", "score", "healed_test",
                 "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed", "params_peak"):
         assert col in header
     assert (repo.path / "reports" / "heatmaps" / "finetune-score.png").is_file()
