@@ -102,6 +102,9 @@ class CnnCfg(Strict):
 
     name: Literal["cnn"]
     width: PositiveInt = 16
+    layout: Literal["released", "every_conv"] = Field(
+        "released", description="where channels are added and masked: released = block outputs only (the "
+        "residual block's inner convs unmasked at full width); every_conv = every conv output")
 
 
 class ResNet9Cfg(Strict):
@@ -109,6 +112,9 @@ class ResNet9Cfg(Strict):
 
     name: Literal["resnet9"]
     width: PositiveInt = 32
+    layout: Literal["released", "every_conv"] = Field(
+        "released", description="where channels are added and masked: released = the released code's four mask "
+        "pairs (block outputs; residual inner convs unmasked at full width); every_conv = every conv output")
 
 
 class ViTCfg(Strict):
