@@ -152,6 +152,9 @@ class EtdCfg(Strict):
 
     ratio: float = Field(1.0, gt=0, le=4, description="memorisation channels per deployed channel")
     keep: float = Field(0.2, gt=0, lt=1, description="per-sample keep probability of a memorisation channel")
+    masks: Literal["nested", "per_layer"] = Field(
+        "nested", description="nested: a sample's mask comes from its id alone, shared by layers of equal width "
+        "(the released code); per_layer: salted by the layer")
 
 
 class PretrainCfg(Recipe):

@@ -200,3 +200,65 @@ def test_remflows_optimisers_match_torch_optim(kind):
             opt.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_dormant_added_channels_are_the_masked_half_of_a_pretrained_full_width_network():
+    """Pretraining at full width with the added half masked off (the released capacity-0.5 model) leaves the
+    deployed half as deployed-width pretraining does and shrinks the unused half by `dormant_factor`: REM's
+    `added_init: dormant` starts from exactly that state."""
+    from remflow.methods.rem import dormant_factor
+    from remflow.params import Recipe
+    from remflow.train import lr_factor, make_optimizer
+
+    cfg, c, size = MODELS[0]
+    recipe = Recipe(lr=0.05, epochs=1, schedule="warmup_linear", batch_size=8)
+    steps = 30
+    deployed = _model(cfg, c, size)
+    masked = _model(cfg, c, size).widen_(deployed.added_for_ratio(1.0), seed=4)
+    init = {k: v.clone() for k, v in masked.state_dict().items()}
+    off = lambda n: Route(torch.zeros(n, dtype=torch.long), keep=0.0, seed=0)  # every added channel masked off
+    gen = torch.Generator().manual_seed(0)
+    for net, route in ((deployed, None), (masked, off)):
+        opt = make_optimizer(net.parameters(), recipe)
+        base = [g["lr"] for g in opt.param_groups]
+        g = torch.Generator().manual_seed(1)
+        for t in range(steps):
+            x, y = torch.randn(8, c, size, size, generator=g), torch.randint(0, 10, (8,), generator=g)
+            opt.param_groups[0]["lr"] = base[0] * lr_factor(t, steps, recipe.schedule)
+            opt.zero_grad()
+            out = net(x) if route is None else net(x, route(8))
+            torch.nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+    f = dormant_factor(recipe, steps)
+    assert 0.5 < f < 1
+    w, w0 = masked.conv2.conv.weight.data, init["conv2.conv.weight"]
+    o, i = masked.conv2.conv.base_out, masked.conv2.conv.base_in
+    assert torch.allclose(w[:o, :i], deployed.conv2.conv.weight.data, atol=1e-5)  # the deployed half: the same
+    assert torch.allclose(w[o:], f * w0[o:], atol=1e-6) and torch.allclose(w[:o, i:], f * w0[:o, i:], atol=1e-6)
+    assert torch.allclose(masked.conv2.bn.weight.data[o:], torch.full((o,), f), atol=1e-6)
+    x = torch.randn(4, c, size, size)
+    assert torch.allclose(masked.eval()(x), deployed.eval()(x), atol=1e-4)
+
+    # REM's dormant widening of the deployed-width model: the same statistics
+    twin = _model(cfg, c, size).widen_(deployed.added_for_ratio(1.0), seed=4, dormant=f)
+    tw = twin.conv2.conv.weight.data
+    assert torch.allclose(tw[o:], f * w0[o:]) and torch.all(twin.conv2.conv.bias.data[o:] == 0)
+    assert torch.allclose(twin.conv2.bn.weight.data[o:], torch.full((o,), f))
+
+
+def test_calibrating_added_statistics_leaves_the_deployed_model_unchanged():
+    cfg, c, size = MODELS[0]
+    model = _model(cfg, c, size)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, c, size, size))  # some real running statistics
+    x = torch.randn(5, c, size, size)
+    before = model.eval()(x)
+    model.widen_(model.added_for_ratio(1.0), seed=2, dormant=0.7)
+    bn = model.conv2.bn
+    base_stats = (bn.running_mean[: bn.base_out].clone(), bn.running_var[: bn.base_out].clone())
+    model.calibrate_added_stats_(torch.randn(16, c, size, size) for _ in range(4))
+    assert torch.equal(bn.running_mean[: bn.base_out], base_stats[0])
+    assert torch.equal(bn.running_var[: bn.base_out], base_stats[1])
+    assert not torch.all(bn.running_mean[bn.base_out :] == 0)  # statistics from data, not the 0/1 placeholders
+    assert torch.equal(model.eval()(x), before)

@@ -45,7 +45,9 @@ def test_rem_variants_are_what_they_say(cells, rem_params):
     p = rem_params
     rec, m, task = cells.run("rem", "low", 0.5, params=p)
     deployed = count_params(build_model(p.model, 1, 10, 8))
-    widened = count_params(build_model(p.model.model_copy(update={"width": 2 * p.model.width}), 1, 10, 8))
+    # the released layout widened by ratio 1 is the full-width network: every channel at twice the width
+    widened = count_params(build_model(p.model.model_copy(update={"width": 2 * p.model.width, "layout": "every_conv"}),
+                                       1, 10, 8))
     assert rec["params_deployed"] == deployed
     assert rec["params_peak"] == 2 * widened  # the widened model and its frozen reference
     assert rec["stats"]["added"] and rec["stats"]["forgotten"] == len(task.forget)

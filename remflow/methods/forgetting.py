@@ -48,9 +48,10 @@ class ReferenceCE:
     """
 
     def __init__(self, ctx: UnlearnContext, ref: nn.Module, *, keep: float = 0.2, seed: int = 0,
-                 ids: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True):
+                 ids: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True,
+                 per_layer: bool = False):
         t = ctx.task
-        self.ref, self.keep, self.seed, self.ids = ref, keep, seed, ids
+        self.ref, self.keep, self.seed, self.ids, self.per_layer = ref, keep, seed, ids, per_layer
         self.table: torch.Tensor | None = None
         if reuse and not (t.augment.crop_padding or t.augment.flip):
             out = []
@@ -65,7 +66,7 @@ class ReferenceCE:
     def _forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if self.ids is None:
             return self.ref(x)
-        return self.ref(x, Route(self.ids(idx), keep=self.keep, seed=self.seed))
+        return self.ref(x, Route(self.ids(idx), keep=self.keep, seed=self.seed, per_layer=self.per_layer))
 
     def __call__(self, batch) -> torch.Tensor:
         if self.table is not None:
@@ -90,9 +91,11 @@ def flush(
     ref_ce: Callable[[object], torch.Tensor] | None = None,
     after_epoch=None,
     label: str = "flush",
+    min_epochs: int = 0,
 ) -> int:
     """Epochs of `loss` on D_f through the base model until Acc(D_f) <= gamma or `max_epochs`; returns epochs run.
-    `ref_ce(batch)` gives the reference's per-sample CE (default: `ref` in base mode)."""
+    `ref_ce(batch)` gives the reference's per-sample CE (default: `ref` in base mode); the first `min_epochs`
+    epochs run whatever Acc(D_f) is (the released NPO runs at least one)."""
     task = ctx.task
     ref_ce = ref_ce or (lambda batch: reference_ce(ref, batch, None))
 
@@ -102,14 +105,35 @@ def flush(
 
     log = fit(model, opt, step_loss, lambda e: task.batches(forget, batch_size, gen), epochs=max_epochs,
               steps_per_epoch=task.num_batches(len(forget), batch_size), schedule="constant",
-              until=lambda e: forget_accuracy(ctx, model, forget, gen) <= gamma, after_epoch=after_epoch,
+              until=lambda e: e >= min_epochs and forget_accuracy(ctx, model, forget, gen) <= gamma,
+              after_epoch=after_epoch,
               label=label, device=ctx.device)
     return len(log.epochs)
 
 
+def proxy_selection(model: nn.Module, original: float, fallback: str = "original") -> KeepBest:
+    """Selection by the proxy: an epoch is kept when its proxy beats the best so far, starting from the original
+    model's `original` score. When no epoch beats it, `fallback` "original" returns the original model unchanged
+    (remflow's earlier rule), "last" leaves the model at its last epoch (the released code, where the kept model
+    starts as an alias of the live one). The kept epoch is always a copy of the state, never an alias."""
+    if fallback == "original":
+        return KeepBest(model, original)
+    best = KeepBest(model)  # holds no copy of the original: restoring without a better epoch keeps the last one
+    best.score = original
+    return best
+
+
+def selected_epoch(best: KeepBest, log) -> int:
+    """The epoch `best.restore` leaves the model at (0: the original)."""
+    if best.state is None:
+        return log.epochs[-1]["epoch"] if log.epochs else 0
+    return best.epoch
+
+
 def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) -> nn.Module:
-    """The NPO / Gradient Ascent baselines: epochs of `loss` on D_f until Acc(D_f) <= gamma (at most `epochs`),
-    keeping the epoch with the best proxy (the original model counts as epoch 0)."""
+    """The NPO / Gradient Ascent baselines: epochs of `loss` on D_f until Acc(D_f) <= gamma (at most `epochs`,
+    at least `cfg.min_epochs`), keeping the epoch with the best proxy (the original model counts as epoch 0;
+    `cfg.fallback` says what happens when no epoch beats it, see `proxy_selection`)."""
     task, model = ctx.task, ctx.model
     recipe = ctx.recipe(cfg)
     ref = ctx.frozen_copy(model)
@@ -117,15 +141,21 @@ def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) ->
     from remflow.train import make_optimizer
 
     opt = make_optimizer(model.parameters(), recipe)
-    best = KeepBest(model, proxy(ctx, model, task.forget, task.retain, cfg.gamma))
+    fallback = getattr(cfg, "fallback", "original")
+    best = proxy_selection(model, proxy(ctx, model, task.forget, task.retain, cfg.gamma), fallback)
+    scores: list[float] = []
 
     def after_epoch(epoch, steps):
         score = proxy(ctx, model, task.forget, task.retain, cfg.gamma)
         best.offer(model, score, epoch + 1)
+        scores.append(score)
         return {"proxy": score}
 
     epochs = flush(ctx, model, ref, opt, task.forget, loss, beta=getattr(cfg, "beta", 1.0), gamma=cfg.gamma,
                    max_epochs=recipe.epochs, batch_size=recipe.batch_size, gen=ctx.generator(label),
-                   ref_ce=ReferenceCE(ctx, ref), after_epoch=after_epoch, label=label)
-    ctx.stats.update(forget_epochs=epochs, best_epoch=best.epoch, proxy=round(best.score, 6))
+                   ref_ce=ReferenceCE(ctx, ref), after_epoch=after_epoch, label=label,
+                   min_epochs=min(getattr(cfg, "min_epochs", 0), recipe.epochs))
+    fell_back = best.state is None and epochs > 0
+    ctx.stats.update(forget_epochs=epochs, best_epoch=epochs if fell_back else best.epoch,
+                     proxy=round(scores[-1] if fell_back else best.score, 6), fell_back=fell_back)
     return best.restore(model)

@@ -279,7 +279,7 @@ class WidenableNet(nn.Module):
         masked off leaves them: train-mode passes over `inputs` (an iterable of input batches) in full mode with
         every added channel masked to 0, averaging the batch statistics; the deployed channels' statistics are
         left exactly as they were."""
-        bns = [m for m in self.modules() if isinstance(m, WBatchNorm2d) and m.add_out]
+        bns = [m for m in self.modules() if isinstance(m, WBatchNorm2d)]  # unwidened ones are restored whole
         saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
                  for m in bns]
         was_training = self.training
