@@ -10,7 +10,7 @@ from remflow.methods.rem import run_rem
 from remflow.metrics import evaluate_model
 from remflow.train import accuracy
 
-REM_METHODS = {"rem": {}, "rem_noredirect": {}, "rem_noremove": {}, "rem_ga": {}, "rem_ideal": {}}
+REM_METHODS = {"rem": {}, "rem_noredirect": {}, "rem_noremove": {}, "rem_ga": {}, "rem_ideal": {}, "npo": {}}
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,59 @@ def test_rem_variants_are_what_they_say(cells, rem_params):
     assert rec["stats"]["added"] == {} and rec["params_peak"] == 2 * deployed  # no expansion at all
 
     rec, ideal, task = cells.run("rem_ideal", "low", 0.5, params=p)
-    assert rec["stats"]["forgotten"] == len(task.corrupted) > len(task.forget)  # the oracle knows all of D_c
+    # REMIDEAL: all of D_c on the shared mask and in the removal term; the flush and proxy see D_f only
+    assert rec["stats"]["forgotten"] == len(task.corrupted) > len(task.forget) == rec["stats"]["flushed"]
     assert ideal["healed"] > m["healed"]
 
     rec, _, _ = cells.run("rem_noremove", "low", 0.5, params=p)
     assert rec["config"]["remove_in_repair"] is False and rec["stats"]["repair_steps"] > 0
-    rec, _, _ = cells.run("rem_ga", "low", 0.5, params=p)
-    assert rec["config"]["forget_loss"] == "ga" and rec["stats"]["flush_epochs"] > 0
+
+
+def test_remmod_flushes_with_gradient_ascent_and_repairs_with_plain_cross_entropy(cells, rem_params):
+    rec, m, _ = cells.run("rem_ga", "high", 0.5, params=rem_params)
+    assert rec["config"]["forget_loss"] == "ga" and rec["config"]["remove_in_repair"] is False
+    assert rec["stats"]["flush_epochs"] > 0 and rec["stats"]["repair_steps"] > 0
+    original = cells.original("high")
+    assert m["healed"] > original["healed"] + 0.1, (m, original)  # it still unlearns the backdoor
+    assert m["utility"] > original["utility"] - 0.05
+
+
+def test_proxy_selection_falls_back_to_the_last_epoch_as_released():
+    import torch
+
+    from remflow.methods.forgetting import proxy_selection
+
+    def model_at(v):
+        net = torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(net.weight, v)
+        return net
+
+    for fallback, expect in (("last", 3.0), ("original", 0.0)):
+        net = model_at(0.0)
+        best = proxy_selection(net, 0.5, fallback)
+        for epoch, score in ((1, 0.4), (2, 0.3), (3, 0.45)):  # no epoch beats the original's 0.5
+            torch.nn.init.constant_(net.weight, float(epoch))
+            best.offer(net, score, epoch)
+        assert float(best.restore(net).weight[0, 0]) == expect, fallback
+    net = model_at(0.0)
+    best = proxy_selection(net, 0.5, "last")
+    torch.nn.init.constant_(net.weight, 1.0)
+    best.offer(net, 0.6, 1)  # beats the original: kept, as a copy (not an alias of the live model)
+    torch.nn.init.constant_(net.weight, 2.0)
+    best.offer(net, 0.1, 2)
+    assert float(best.restore(net).weight[0, 0]) == 1.0 and best.epoch == 1
+
+
+def test_npo_runs_at_least_one_epoch_as_released(cells):
+    """On the ETD model (memorised labels dropped) Acc(D_f) is already below gamma: the released NPO still
+    runs one epoch, remflow's earlier rule returned the model untouched."""
+    forced = make_params({"methods": {"npo": {"gamma": 0.6}}})
+    untouched = make_params({"methods": {"npo": {"gamma": 0.6, "min_epochs": 0}}})
+    rec0, m0, _ = cells.run("npo", "low", 0.5, params=untouched, variant="etd")
+    assert rec0["stats"]["forget_epochs"] == 0  # the precondition: already below gamma
+    rec1, m1, _ = cells.run("npo", "low", 0.5, params=forced, variant="etd")
+    assert rec1["stats"]["forget_epochs"] == 1 and rec1["stats"]["best_epoch"] == 1
+    assert m1["forget_acc"] != m0["forget_acc"] or m1["healed"] != m0["healed"]  # the epoch moved the model
 
 
 def test_etd_pretraining_localises_memorisation(cells):
