@@ -148,6 +148,8 @@ def table(rows: list[dict]) -> str:
             d = s - s0
             if len(d) == 0:
                 delta = "no paired runs"
+            elif len(d) == 1:
+                delta = f"{d[0]:+.2f} (one pair: no interval)"
             elif np.allclose(d, d[0]):
                 delta = f"{d.mean():+.2f} [{d[0]:+.2f}, {d[0]:+.2f}] (every pair the same)"
             else:
