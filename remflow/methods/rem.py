@@ -1,6 +1,7 @@
 """REM, Redirection for Erasing Memory (Schoepf et al., ICLR 2026), as specified in research/paper-rem.md §3.
 
-1. Expand: widen every layer with fresh channels (the added channels equal the deployed width by default).
+1. Expand: add channels at the model's block outputs (the layout, see below; as many as the deployed width by
+   default), starting as the dormant half of a full-width pretrained network.
    On an ETD-pretrained model the trained memorisation channels are used instead and nothing is added.
 2. Remove ("flush"): NPO on D_f through the base (deployed) channels only, until Acc_base(D_f) <= gamma
    (at most `flush_max_epochs` epochs per round); the reference is a frozen copy of the expanded model taken
