@@ -151,6 +151,9 @@ class CnnCfg(Strict):
 
     name: Literal["cnn"]
     width: PositiveInt = 16
+    layout: Literal["released", "every_conv"] = Field(
+        "released", description="where channels are added and masked: released = block outputs only (the "
+        "residual block's inner convs unmasked at full width); every_conv = every conv output")
 
 
 class ResNet9Cfg(Strict):
@@ -158,6 +161,9 @@ class ResNet9Cfg(Strict):
 
     name: Literal["resnet9"]
     width: PositiveInt = 32
+    layout: Literal["released", "every_conv"] = Field(
+        "released", description="where channels are added and masked: released = the released code's four mask "
+        "pairs (block outputs; residual inner convs unmasked at full width); every_conv = every conv output")
 
 
 class ViTCfg(Strict):
@@ -195,6 +201,9 @@ class EtdCfg(Strict):
 
     ratio: float = Field(1.0, gt=0, le=4, description="memorisation channels per deployed channel")
     keep: float = Field(0.2, gt=0, lt=1, description="per-sample keep probability of a memorisation channel")
+    masks: Literal["nested", "per_layer"] = Field(
+        "nested", description="nested: a sample's mask comes from its id alone, shared by layers of equal width "
+        "(the released code); per_layer: salted by the layer")
 
 
 class PretrainCfg(Recipe):

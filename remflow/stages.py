@@ -77,13 +77,14 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
     if variant == "etd":
         etd = params.pretrain.etd
         model.widen_(model.added_for_ratio(etd.ratio), seed=derive_seed(seed, "etd-init"))
-        route_meta = {"keep": etd.keep, "seed": derive_seed(seed, "etd-masks")}
+        route_meta = {"keep": etd.keep, "seed": derive_seed(seed, "etd-masks"), "per_layer": etd.masks == "per_layer"}
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
     def loss_fn(net, batch):
-        route = None if route_meta is None else Route(batch.idx, keep=route_meta["keep"], seed=route_meta["seed"])
+        route = None if route_meta is None else Route(batch.idx, keep=route_meta["keep"], seed=route_meta["seed"],
+                                                      per_layer=route_meta["per_layer"])
         return torch.nn.functional.cross_entropy(net(batch.x, route), batch.y)
 
     gen = task.generator(derive_seed(seed, "pretrain-data"))

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -189,6 +189,10 @@ class Selection:
     score: Callable[[nn.Module], float]
     every: int = 1
     start: bool = False
+    # with `start`, when no epoch beats the starting model: "original" returns it unchanged (remflow's earlier
+    # rule), "last" leaves the model at its last epoch (the released REM and NPO, whose kept model starts as an
+    # alias of the live one); a kept epoch is always a copy, never an alias
+    fallback: Literal["original", "last"] = "original"
 
 
 @dataclass
@@ -197,6 +201,7 @@ class TrainLog:
     epochs: list[dict] = field(default_factory=list)  # one entry per main epoch run
     best_epoch: int = 0  # 0: the starting model (or no selection: the last epoch's model is kept)
     best_score: float = float("nan")
+    fell_back: bool = False  # no epoch beat the starting model and the selection's fallback kept the last one
     rounds: dict[str, list[int]] = field(default_factory=dict)  # nested phase -> epochs it ran before each epoch
     nested_steps: dict[str, int] = field(default_factory=dict)
 
@@ -205,6 +210,8 @@ class TrainLog:
         out: dict = {"steps": self.steps, "epochs": len(self.epochs)}
         if select is not None:
             out.update(best_epoch=self.best_epoch, **{select.name: round(self.best_score, 6)})
+            if select.start and select.fallback == "last":
+                out["fell_back"] = self.fell_back
         for label, rounds in self.rounds.items():
             out.update({f"{label}_rounds": rounds, f"{label}_epochs": sum(rounds),
                         f"{label}_steps": self.nested_steps[label]})
@@ -230,7 +237,12 @@ def train(
     own = {p.label: make_optimizer(model.parameters(), p.recipe) for p in nested if not p.shares_optimizer}
     best = None
     if select is not None:
-        best = KeepBest(model, select.score(model)) if select.start else KeepBest(model)
+        if select.start and select.fallback == "original":
+            best = KeepBest(model, select.score(model))
+        else:  # no copy of the start: restoring without a better epoch keeps the last one
+            best = KeepBest(model)
+            if select.start:
+                best.score = select.score(model)
     total = _total(main)
     base_lrs = [g["lr"] for g in opt.param_groups]
     with Progress(main.label, total=main.epochs) as bar:
@@ -256,8 +268,13 @@ def train(
     for g, lr in zip(opt.param_groups, base_lrs):
         g["lr"] = lr
     if best is not None:
+        log.fell_back = best.state is None and bool(log.epochs) and select.start
         best.restore(model)
-        log.best_epoch, log.best_score = best.epoch, best.score
+        if log.fell_back:
+            last = log.epochs[-1]
+            log.best_epoch, log.best_score = last["epoch"], float(last.get(select.name, best.score))
+        else:
+            log.best_epoch, log.best_score = best.epoch, best.score
     return log
 
 

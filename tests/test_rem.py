@@ -10,7 +10,7 @@ from remflow.methods.rem import run_rem
 from remflow.metrics import evaluate_model
 from remflow.train import accuracy
 
-REM_METHODS = {"rem": {}, "rem_noredirect": {}, "rem_noremove": {}, "rem_ga": {}, "rem_ideal": {}}
+REM_METHODS = {"rem": {}, "rem_noredirect": {}, "rem_noremove": {}, "rem_ga": {}, "rem_ideal": {}, "npo": {}}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_rem_variants_are_what_they_say(cells, rem_params):
     p = rem_params
     rec, m, task = cells.run("rem", "low", 0.5, params=p)
     deployed = count_params(build_model(p.model, 1, 10, 8))
-    widened = count_params(build_model(p.model.model_copy(update={"width": 2 * p.model.width}), 1, 10, 8))
+    # the released layout widened by ratio 1 is the full-width network: every channel at twice the width
+    widened = count_params(build_model(p.model.model_copy(update={"width": 2 * p.model.width, "layout": "every_conv"}),
+                                       1, 10, 8))
     assert rec["params_deployed"] == deployed
     assert rec["params_peak"] == 2 * widened  # the widened model and its frozen reference
     assert rec["stats"]["added"] and rec["stats"]["forgotten"] == len(task.forget)
@@ -53,13 +55,60 @@ def test_rem_variants_are_what_they_say(cells, rem_params):
     assert rec["stats"]["added"] == {} and rec["params_peak"] == 2 * deployed  # no expansion at all
 
     rec, ideal, task = cells.run("rem_ideal", "low", 0.5, params=p)
-    assert rec["stats"]["forgotten"] == len(task.corrupted) > len(task.forget)  # the oracle knows all of D_c
+    # REMIDEAL: all of D_c on the shared mask and in the removal term; the flush and proxy see D_f only
+    assert rec["stats"]["forgotten"] == len(task.corrupted) > len(task.forget) == rec["stats"]["flushed"]
     assert ideal["healed"] > m["healed"]
 
     rec, _, _ = cells.run("rem_noremove", "low", 0.5, params=p)
     assert rec["config"]["remove_in_repair"] is False and rec["stats"]["steps"] > 0
-    rec, _, _ = cells.run("rem_ga", "low", 0.5, params=p)
-    assert rec["config"]["forget_loss"] == "ga" and rec["stats"]["flush_epochs"] > 0
+
+
+def test_remmod_flushes_with_gradient_ascent_and_repairs_with_plain_cross_entropy(cells, rem_params):
+    rec, m, _ = cells.run("rem_ga", "high", 0.5, params=rem_params)
+    assert rec["config"]["forget_loss"] == "ga" and rec["config"]["remove_in_repair"] is False
+    assert rec["stats"]["flush_epochs"] > 0 and rec["stats"]["steps"] > 0
+    original = cells.original("high")
+    assert m["healed"] > original["healed"] + 0.1, (m, original)  # it still unlearns the backdoor
+    assert m["utility"] > original["utility"] - 0.05
+
+
+def test_proxy_selection_falls_back_to_the_last_epoch_as_released():
+    import torch
+
+    from remflow.train import Data, Phase, Selection, SGD, train
+
+    def run(fallback, scores):
+        """Three epochs that set the weight to 1, 2, 3; the selection sees `scores` (the start scores 0.5)."""
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.constant_(net.weight, 0.0)
+        seen = iter([0.5, *scores])
+
+        def loss(model, _):  # one SGD step of lr 1 moves the weight by exactly +1
+            return -model.weight.sum()
+
+        phase = Phase("t", loss, Data(1, lambda: [None]), epochs=3)
+        log = train(net, SGD(net.parameters(), lr=1.0, momentum=0.0, weight_decay=0.0), phase,
+                    select=Selection("proxy", lambda m: next(seen), start=True, fallback=fallback))
+        return float(net.weight[0, 0]), log
+
+    for fallback, expect, epoch in (("last", 3.0, 3), ("original", 0.0, 0)):
+        w, log = run(fallback, [0.4, 0.3, 0.45])  # no epoch beats the original's 0.5
+        assert w == expect and log.best_epoch == epoch, (fallback, w, log.best_epoch)
+        assert log.fell_back == (fallback == "last")
+    w, log = run("last", [0.6, 0.1, 0.2])  # epoch 1 beats the original: kept as a copy, not an alias
+    assert w == 1.0 and log.best_epoch == 1 and not log.fell_back
+
+
+def test_npo_runs_at_least_one_epoch_as_released(cells):
+    """On the ETD model (memorised labels dropped) Acc(D_f) is already below gamma: the released NPO still
+    runs one epoch, remflow's earlier rule returned the model untouched."""
+    forced = make_params({"methods": {"npo": {"gamma": 0.6}}})
+    untouched = make_params({"methods": {"npo": {"gamma": 0.6, "min_epochs": 0}}})
+    rec0, m0, _ = cells.run("npo", "low", 0.5, params=untouched, variant="etd")
+    assert rec0["stats"]["epochs"] == 0  # the precondition: already below gamma
+    rec1, m1, _ = cells.run("npo", "low", 0.5, params=forced, variant="etd")
+    assert rec1["stats"]["epochs"] == 1 and rec1["stats"]["best_epoch"] == 1
+    assert m1["forget_acc"] != m0["forget_acc"] or m1["healed"] != m0["healed"]  # the epoch moved the model
 
 
 def test_etd_pretraining_localises_memorisation(cells):

@@ -71,29 +71,35 @@ class ReferenceCE:
 
 def forget_phase(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, loss: ForgetLoss,
                  ref_ce: Callable[[object], torch.Tensor], *, beta: float, gamma: float, epochs: int,
-                 batch_size: int, gen: torch.Generator, label: str) -> Phase:
+                 batch_size: int, gen: torch.Generator, label: str, min_epochs: int = 0) -> Phase:
     """Epochs of `loss` (per sample, against the reference's CE `ref_ce(batch)`) on D_f through the base model,
-    at a constant rate, until Acc(D_f) <= gamma or `epochs`: REM's flush, and the NPO / Ascent baselines."""
+    at a constant rate, until Acc(D_f) <= gamma or `epochs`: REM's flush, and the NPO / Ascent baselines. The
+    first `min_epochs` run whatever Acc(D_f) is (the released NPO runs at least one)."""
 
     def step_loss(net, batch):
         return loss(per_sample_ce(net(batch.x), batch.y), ref_ce(batch), beta).mean()
 
     return Phase(label, step_loss, shuffled(ctx.task, forget, batch_size, gen), epochs,
-                 until=lambda log: forget_accuracy(ctx, model, forget, gen) <= gamma)
+                 until=lambda log: len(log.epochs) >= min_epochs and forget_accuracy(ctx, model, forget, gen) <= gamma)
 
 
-def by_proxy(ctx: UnlearnContext, forget: torch.Tensor, retain: torch.Tensor, gamma: float) -> Selection:
-    """REM's selection: the best proxy, the model before unlearning competing as epoch 0."""
-    return Selection("proxy", lambda m: proxy(ctx, m, forget, retain, gamma), start=True)
+def by_proxy(ctx: UnlearnContext, forget: torch.Tensor, retain: torch.Tensor, gamma: float,
+             fallback: str = "original") -> Selection:
+    """REM's selection: the best proxy, the model before unlearning competing as epoch 0; `fallback` says what
+    is kept when no epoch beats it (see `Selection`)."""
+    return Selection("proxy", lambda m: proxy(ctx, m, forget, retain, gamma), start=True, fallback=fallback)
 
 
 def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) -> nn.Module:
-    """The NPO / Gradient Ascent baselines: the forget phase on D_f against the frozen original, proxy selection."""
+    """The NPO / Gradient Ascent baselines: the forget phase on D_f against the frozen original (at least
+    `cfg.min_epochs` epochs), proxy selection with `cfg.fallback` when no epoch beats the original."""
     task, model = ctx.task, ctx.model
     recipe = ctx.recipe(cfg)
     ref = ctx.frozen_copy(model)
     ctx.note_params(model, ref)
     phase = forget_phase(ctx, model, task.forget, loss, ReferenceCE(ctx, ref), beta=getattr(cfg, "beta", 1.0),
                          gamma=cfg.gamma, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                         gen=ctx.generator(label), label=label)
-    return ctx.train(model, recipe, phase, select=by_proxy(ctx, task.forget, task.retain, cfg.gamma))
+                         gen=ctx.generator(label), label=label,
+                         min_epochs=min(getattr(cfg, "min_epochs", 0), recipe.epochs))
+    select = by_proxy(ctx, task.forget, task.retain, cfg.gamma, getattr(cfg, "fallback", "original"))
+    return ctx.train(model, recipe, phase, select=select)

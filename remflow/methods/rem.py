@@ -1,6 +1,7 @@
 """REM, Redirection for Erasing Memory (Schoepf et al., ICLR 2026), as specified in research/paper-rem.md §3.
 
-1. Expand: widen every layer with fresh channels (the added channels equal the deployed width by default).
+1. Expand: add channels at the model's block outputs (the layout, see below; as many as the deployed width by
+   default), starting as the dormant half of a full-width pretrained network.
    On an ETD-pretrained model the trained memorisation channels are used instead and nothing is added.
 2. Remove ("flush"): NPO on D_f through the base (deployed) channels only, until Acc_base(D_f) <= gamma
    (at most `flush_max_epochs` epochs per round); the reference is a frozen copy of the expanded model taken
@@ -15,14 +16,32 @@
 
 Where the paper's text and the released code differ we follow the code (§3.2): the reference runs in full
 mode, L_remove is averaged over the whole batch, the flush re-runs before every repair epoch, selection uses
-the proxy. Deviations: the expansion is explicit (new channels appended to a deployed-width model rather than
-the unused half of a full-width one) and masks come from a hash of the sample index (no mask cache); D_f
-shares a dedicated mask id rather than sample 0's.
+the proxy. The released code's structure is the default, each earlier remflow choice a switch:
+
+- layout (`model.layout`): channels are added and masked only at block outputs (ResNet-9's four mask pairs);
+  `every_conv` widens every conv output;
+- masks (`masks`): nested, seeded from the sample id alone, so layers of equal width share a sample's mask;
+  `per_layer` salts them by layer;
+- the added channels' starting state (`added_init`): `dormant`, as the unused half of a full-width network
+  pretrained with that half masked off leaves them (default init shrunk by the decay pretraining's weight decay
+  alone gives, conv biases 0, BN scale shrunk alike, BN running statistics from the training data); `fresh`:
+  a default init with BN scale 1 and running statistics 0/1;
+- selection (`fallback`): an epoch is kept only if its proxy beats the original's; when none does REM returns
+  its last epoch, as the released code does; `original` returns the original model unchanged instead.
+
+Kept fixes of the released code's bugs: the proxy never looks at the test set; the kept epoch is a copy, not
+an alias of the live model (the released code's `best_model` alias is what makes it return the last epoch,
+which remflow makes explicit with `fallback`); D_f shares a dedicated mask id (the released code reuses
+training sample 0's mask, and gives the reference a different one), the same for the model and its reference.
+The expansion is explicit (channels appended to a deployed-width model) and masks come from a hash of the
+sample index (no mask cache).
 
 Ablations (paper §6.2, code names in brackets): `redirect: false` [REMGEN] fits the retained samples through
-the base model and adds no capacity; `remove_in_repair: false` [NPOREMMOD]; `forget_loss: ga` [REMMOD]
-uses plain cross-entropy terms (-CE to forget, CE to repair); `ideal: true` [REMIDEAL] gives the method all of
-D_c as D_f, an upper bound with oracle knowledge.
+the base model and adds no capacity; `remove_in_repair: false` [NPOREMMOD]; `rem_ga` [REMMOD] flushes with
+gradient ascent, then repairs with plain cross-entropy through the full model, no base pass and no removal term
+(`forget_loss: ga` alone keeps the removal term, as gradient ascent); `rem_ideal` [REMIDEAL] uses all of D_c for
+the shared mask and the removal term, flushing and scoring the proxy on the discovered set only
+(`ideal_scope: everywhere` gives it all of D_c as D_f everywhere: remflow's earlier oracle).
 """
 
 from __future__ import annotations
@@ -56,6 +75,18 @@ class RemConfig(MethodConfig):
     ideal: bool = Field(False, description="oracle: D_f := all of D_c (an upper bound, not a method)")
     reuse_reference: bool = Field(True, description="without augmentation, compute the frozen reference's "
                                   "outputs once instead of every step (same result, less time)")
+    masks: Literal["nested", "per_layer"] = Field(
+        "nested", description="nested: a sample's mask comes from its id alone, shared by layers of equal width "
+        "(the released code); per_layer: salted by the layer")
+    added_init: Literal["dormant", "fresh"] = Field(
+        "dormant", description="dormant: added channels start as the masked-off half of a full-width pretrained "
+        "network (decayed default init, biases 0, data BN statistics; the released code); fresh: default init")
+    fallback: Literal["last", "original"] = Field(
+        "last", description="when no epoch's proxy beats the original's: return the last epoch (the released "
+        "code) or the original model unchanged")
+    ideal_scope: Literal["mask_and_removal", "everywhere"] = Field(
+        "mask_and_removal", description="with ideal: D_c takes the shared mask and the removal term, the flush "
+        "and proxy stay on D_f (REMIDEAL); everywhere: D_c replaces D_f throughout")
     removal_pass: Literal["batch", "forget"] = Field(
         "batch", description="batch: the repair's base-model pass runs on the whole batch (the released code); "
         "forget: only on the batch's D_f samples (BatchNorm statistics from those; a third less work per step)")
@@ -74,6 +105,7 @@ class RemNoRemoveConfig(RemConfig):
 class RemGaConfig(RemConfig):
     method: Literal["rem_ga"] = "rem_ga"
     forget_loss: Literal["npo", "ga"] = "ga"
+    remove_in_repair: bool = False  # REMMOD: the repair is plain CE through the full model, no removal term
 
 
 class RemIdealConfig(RemConfig):
@@ -86,7 +118,8 @@ class RemResult:
     model: WidenableNet  # still widened: `unlearn` drops the added channels
     keep: float  # the routing REM used: Route.for_batch(idx, is_forget[idx], keep=keep, seed=route_seed)
     route_seed: int
-    is_forget: torch.Tensor
+    is_forget: torch.Tensor  # the samples on the shared mask
+    per_layer: bool = False
 
     def route_ids(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.where(self.is_forget[idx], torch.full_like(idx, SHARED_ID), idx)
@@ -103,7 +136,8 @@ class RemResult:
                 i = idx[s : s + batch_size]
                 x = task.inputs(task.train_x[i], task.triggered[i], None)
                 with autocast(x.device):
-                    out = self.model(x, Route(self.route_ids(i), keep=self.keep, seed=self.route_seed))
+                    out = self.model(x, Route(self.route_ids(i), keep=self.keep, seed=self.route_seed,
+                                                  per_layer=self.per_layer))
                 correct.append(out.argmax(1) == task.train_y[i])
         finally:
             self.model.train(was_training)
@@ -118,13 +152,16 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
     """Steps 1-3 and the selection of step 4; returns the selected model with its added channels still on."""
     task, model = ctx.task, ctx.model
     recipe = ctx.recipe(cfg)
+    # is_forget: the samples on the shared mask and in the removal term; forget/retain: flush and proxy sets
     if cfg.ideal:
         is_forget = torch.zeros(task.num_train, dtype=torch.bool, device=ctx.device)
         is_forget[task.corrupted] = True
     else:
         is_forget = task.is_forget
-    forget = torch.nonzero(is_forget).flatten()
-    retain = torch.nonzero(~is_forget).flatten()
+    scored = is_forget if cfg.ideal_scope == "everywhere" else task.is_forget
+    forget = torch.nonzero(scored).flatten()
+    retain = torch.nonzero(~scored).flatten()
+    per_layer = cfg.masks == "per_layer"
 
     # -- step 1: expand (or use the ETD model's trained memorisation channels)
     if not cfg.redirect:
@@ -133,25 +170,34 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
         keep, route_seed = cfg.keep, 0
     elif model.widened:
         keep, route_seed = float(ctx.route["keep"]), int(ctx.route["seed"])
+        per_layer = bool(ctx.route.get("per_layer", False))  # the masks the ETD model was trained with
     else:
+        pre = ctx.params.pretrain
+        steps = pre.epochs * task.num_batches(task.num_train, pre.batch_size)
+        dormant = dormant_factor(pre, steps) if cfg.added_init == "dormant" else None
         model.widen_(model.added_for_ratio(cfg.expansion_ratio), seed=derive_seed(ctx.seed, "rem-expand"),
-                     cross=cfg.cross_init)
+                     cross=cfg.cross_init, dormant=dormant)
         model.to(ctx.device)
         if ctx.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
+        if dormant is not None:
+            gen_bn = ctx.generator("rem-bn-stats")
+            model.calibrate_added_stats_(b.x for b in task.batches(task.everything, ctx.params.pretrain.batch_size,
+                                                                    gen_bn))
+            ctx.stats["dormant_factor"] = round(dormant, 6)
         keep, route_seed = cfg.keep, derive_seed(ctx.seed, "rem-masks")
     ref = ctx.frozen_copy(model)
     ctx.note_params(model, ref)
     full_ref = cfg.reference == "full" and model.widened
 
     def route(batch) -> Route:
-        return Route.for_batch(batch.idx, is_forget[batch.idx], keep=keep, seed=route_seed)
+        return Route.for_batch(batch.idx, is_forget[batch.idx], keep=keep, seed=route_seed, per_layer=per_layer)
 
     def route_ids(idx: torch.Tensor) -> torch.Tensor:
         return torch.where(is_forget[idx], torch.full_like(idx, SHARED_ID), idx)
 
     ref_ce = ReferenceCE(ctx, ref, keep=keep, seed=route_seed, ids=route_ids if full_ref else None,
-                         reuse=cfg.reuse_reference)
+                         reuse=cfg.reuse_reference, per_layer=per_layer)
 
     forget_term = npo if cfg.forget_loss == "npo" else gradient_ascent
     gen = ctx.generator("rem-data")
@@ -201,10 +247,34 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
 
     repair = Phase("repair", repair_loss, Data(task.num_batches(task.num_train, bs), repair_batches),
                    recipe.epochs, recipe.schedule)
-    # -- step 4's selection, starting from the original model
-    ctx.train(model, recipe, repair, nested=(flush,), select=by_proxy(ctx, forget, retain, cfg.gamma))
-    ctx.stats.update(forgotten=len(forget), added=dict(model.added))
-    return RemResult(model, keep, route_seed, is_forget)
+    # -- step 4's selection: an epoch must beat the original's proxy; otherwise `fallback` decides
+    ctx.train(model, recipe, repair, nested=(flush,), select=by_proxy(ctx, forget, retain, cfg.gamma, cfg.fallback))
+    ctx.stats.update(flushed=len(forget), forgotten=int(is_forget.sum()), added=dict(model.added))
+    return RemResult(model, keep, route_seed, is_forget, per_layer)
+
+
+def dormant_factor(recipe, total: int) -> float:
+    """The factor by which `total` steps of the optimiser of `recipe` shrink a parameter that never gets a
+    gradient: weight decay alone, through momentum and the learning-rate schedule. Linear in the parameter, so
+    exact for SGD; for Adam (not linear), simulated on a parameter of a typical default-init size, 0.02.
+    Pretraining keeps its best checkpoint, possibly before the last epoch; this counts all of its steps."""
+    from remflow.train import lr_factor
+
+    if recipe.optimizer == "sgd":
+        p, v = 1.0, None
+        for t in range(total):
+            g = recipe.weight_decay * p
+            v = g if v is None else recipe.momentum * v + g
+            p -= recipe.lr * lr_factor(t, total, recipe.schedule) * v
+        return max(p, 0.0)
+    p0 = p = 0.02
+    m = v = 0.0
+    b1, b2 = 0.9, 0.999
+    for t in range(1, total + 1):
+        g = recipe.weight_decay * p
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        p -= recipe.lr * lr_factor(t - 1, total, recipe.schedule) * (m / (1 - b1**t)) / ((v / (1 - b2**t)) ** 0.5 + 1e-8)
+    return max(p / p0, 0.0)
 
 
 _DOC = "Schoepf et al. 2026 (ICLR), arXiv 2505.17730"

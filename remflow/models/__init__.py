@@ -18,9 +18,9 @@ __all__ = ["SHARED_ID", "Route", "WidenableNet", "build_model", "count_params", 
 
 def build_model(cfg: Any, in_channels: int, num_classes: int, image_size: int) -> WidenableNet:
     if isinstance(cfg, CnnCfg):
-        return SmallCNN(in_channels, num_classes, cfg.width)
+        return SmallCNN(in_channels, num_classes, cfg.width, cfg.layout)
     if isinstance(cfg, ResNet9Cfg):
-        return ResNet9(in_channels, num_classes, cfg.width)
+        return ResNet9(in_channels, num_classes, cfg.width, cfg.layout)
     if isinstance(cfg, ViTCfg):
         if image_size % cfg.patch:
             raise RemflowError(f"image size {image_size} is not a multiple of the patch size", key="model.patch",

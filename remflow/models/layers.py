@@ -8,6 +8,12 @@ A widenable layer keeps one parameter tensor per weight. Its first rows/columns 
 - full (`route` given): all channels; after each activation the added channels are multiplied by the
   sample's binary channel mask (`Route`), generated on the fly from a hash of the sample's dataset index.
 
+Masks are nested by default, as in the released REM code (which seeds its RNG with the sample id alone): bit c
+of a sample's mask depends on the sample id, the run's mask seed and c only, so every layer of equal width
+gives a sample the same mask and a narrower layer gets a prefix of a wider one's. Its overlap with D_f's shared
+path is then the same in every layer. `per_layer=True` salts the hash with the group name instead (remflow's
+earlier choice: independent masks per layer).
+
 `deploy_()` slices every parameter back to its base block: same state-dict keys and shapes as before.
 Channels are grouped: every layer reading or writing one activation (a residual stream, say) names the
 same group, so added channels line up across layers and one mask per group serves a whole forward pass.
@@ -27,6 +33,21 @@ M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # < 2**27, so products of 32-bit values stay inside int64
 SHARED_ID = 2**31 - 1  # the mask id every discovered sample shares (outside any dataset's index range)
 CrossInit = Literal["random", "zero"]
+Layout = Literal["released", "every_conv"]
+
+
+def layout_widths(layout: str, stream: int) -> tuple[int, bool]:
+    """(inner width, whether the inner group is widened) of a residual block on a stream of `stream` channels.
+
+    released (the default): the released REM code masks block outputs only (its four mask pairs), so a residual
+    block's inner convolutions run at the full-width network's width (twice the deployed stream), unmasked,
+    as part of the deployed model. every_conv: the inner activation has the stream's width and is widened and
+    masked like every other conv output (remflow's earlier layout)."""
+    if layout == "released":
+        return 2 * stream, False
+    if layout == "every_conv":
+        return stream, True
+    raise ValueError(f"unknown layout {layout!r}")
 
 
 def _mix32(x):
@@ -42,9 +63,10 @@ def group_code(name: str) -> int:
     return zlib.crc32(name.encode("utf-8")) & M32
 
 
-def channel_keep(ids: torch.Tensor, n: int, *, keep: float, seed: int, group: str) -> torch.Tensor:
-    """(B, n) bool: whether sample id `ids[b]` may use added channel c of `group`. Pure function of its inputs."""
-    salt = _mix32((seed * 0x9E3779B1 + group_code(group)) & M32)  # a Python int: no host-device copy
+def channel_keep(ids: torch.Tensor, n: int, *, keep: float, seed: int, group: str | None = None) -> torch.Tensor:
+    """(B, n) bool: whether sample id `ids[b]` may use added channel c. Pure function of its inputs; bit c does
+    not depend on n (nested prefixes). `group` given: salted by the group (independent masks per layer)."""
+    salt = _mix32((seed * 0x9E3779B1 + (0 if group is None else group_code(group))) & M32)  # a Python int
     h = _mix32((ids.to(torch.int64) ^ salt) & M32)
     h = _mix32((h[:, None] + torch.arange(n, device=ids.device, dtype=torch.int64)) & M32)
     return h < int(round(keep * 2**32))
@@ -53,24 +75,31 @@ def channel_keep(ids: torch.Tensor, n: int, *, keep: float, seed: int, group: st
 class Route:
     """Which added channels each sample of one batch may use. Masks are built once per group and batch."""
 
-    def __init__(self, ids: torch.Tensor, *, keep: float, seed: int):
+    def __init__(self, ids: torch.Tensor, *, keep: float, seed: int, per_layer: bool = False):
         self.ids = ids
         self.keep = keep
         self.seed = seed
+        self.per_layer = per_layer
         self._cache: dict[tuple, torch.Tensor] = {}
 
     @classmethod
-    def for_batch(cls, idx: torch.Tensor, shared: torch.Tensor | None, *, keep: float, seed: int) -> "Route":
-        """Every sample routes by its own index, except those flagged `shared` (D_f), which share one mask."""
+    def for_batch(cls, idx: torch.Tensor, shared: torch.Tensor | None, *, keep: float, seed: int,
+                  per_layer: bool = False) -> "Route":
+        """Every sample routes by its own index, except those flagged `shared` (D_f), which share one mask.
+
+        The shared id is SHARED_ID, outside every dataset's index range. The released code uses a fixed
+        sample id (0) for it, so D_f's shared path is also training sample 0's own mask; remflow keeps the
+        shared path for D_f alone, and the frozen reference routes with the same ids (`ReferenceCE`)."""
         ids = idx if shared is None else torch.where(shared, torch.full_like(idx, SHARED_ID), idx)
-        return cls(ids, keep=keep, seed=seed)
+        return cls(ids, keep=keep, seed=seed, per_layer=per_layer)
 
     def mask(self, group: str, base: int, added: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, base + added) multipliers: 1 for base units, the sample's 0/1 bits for added units."""
-        key = (group, base, added, dtype)
+        key = (group if self.per_layer else None, base, added, dtype)
         m = self._cache.get(key)
         if m is None:
-            bits = channel_keep(self.ids, added, keep=self.keep, seed=self.seed, group=group).to(dtype)
+            bits = channel_keep(self.ids, added, keep=self.keep, seed=self.seed,
+                                group=group if self.per_layer else None).to(dtype)
             m = torch.cat([torch.ones(len(self.ids), base, dtype=dtype, device=bits.device), bits], 1)
             self._cache[key] = m
         return m
@@ -95,7 +124,8 @@ class Widenable(nn.Module):
     in_unit: int = 1  # channels per group unit (a ViT head is dim_head channels)
     out_unit: int = 1
 
-    def widen_(self, add_in: int, add_out: int, gen: torch.Generator, cross: CrossInit) -> None:
+    def widen_(self, add_in: int, add_out: int, gen: torch.Generator, cross: CrossInit,
+               dormant: float | None = None) -> None:
         raise NotImplementedError
 
     def deploy_(self) -> None:
@@ -120,16 +150,20 @@ class _Affine(Widenable):
         o, i = self.base_out, self.base_in
         return self.weight[:o, :i], (None if self.bias is None else self.bias[:o])
 
-    def widen_(self, add_in, add_out, gen, cross):
+    def widen_(self, add_in, add_out, gen, cross, dormant=None):
         o, i = self.base_out, self.base_in
         fan_in = (i + add_in) * math.prod(self.kshape)
         w = _fresh((o + add_out, i + add_in, *self.kshape), fan_in, gen).to(self.weight)
+        if dormant is not None:
+            w.mul_(dormant)  # a default init carried through pretraining with zero gradient: decay only
         w[:o, :i] = self.weight.data
         if cross == "zero":
             w[:o, i:] = 0  # added inputs do not reach deployed outputs: the full model starts equal to the base
         self.weight = nn.Parameter(w)
         if self.bias is not None:
             b = _fresh((o + add_out,), fan_in, gen).to(self.bias)
+            if dormant is not None:
+                b.zero_()  # the released model's conv biases start at 0 and a dormant one never moves
             b[:o] = self.bias.data
             self.bias = nn.Parameter(b)
         self.add_in, self.add_out = add_in, add_out
@@ -184,9 +218,10 @@ class WBatchNorm2d(Widenable):
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
                             self.training, self.momentum, self.eps)
 
-    def widen_(self, add_in, add_out, gen, cross):
+    def widen_(self, add_in, add_out, gen, cross, dormant=None):
         dev = self.weight.device
-        self.weight = nn.Parameter(torch.cat([self.weight.data, torch.ones(add_out, device=dev)]))
+        scale = 1.0 if dormant is None else dormant  # a dormant BN scale decays like the weights
+        self.weight = nn.Parameter(torch.cat([self.weight.data, torch.full((add_out,), scale, device=dev)]))
         self.bias = nn.Parameter(torch.cat([self.bias.data, torch.zeros(add_out, device=dev)]))
         self.running_mean = torch.cat([self.running_mean, torch.zeros(add_out, device=dev)])
         self.running_var = torch.cat([self.running_var, torch.ones(add_out, device=dev)])
@@ -217,8 +252,14 @@ class WidenableNet(nn.Module):
     def added_for_ratio(self, ratio: float) -> dict[str, int]:
         return {g: max(1, int(round(ratio * w))) for g, w in self.group_widths.items()}
 
-    def widen_(self, added: dict[str, int], *, seed: int = 0, cross: CrossInit = "random") -> "WidenableNet":
-        """Append `added[g]` fresh units to every group g (deterministic init from `seed`)."""
+    def widen_(self, added: dict[str, int], *, seed: int = 0, cross: CrossInit = "random",
+               dormant: float | None = None) -> "WidenableNet":
+        """Append `added[g]` fresh units to every group g (deterministic init from `seed`).
+
+        `dormant` (a factor in (0, 1]): the added units start as the unused half of a full-width network
+        pretrained with that half masked off (the released code's capacity-0.5 model): default init times
+        `dormant` (the decay weight decay alone gives over pretraining), conv biases 0, BN scale `dormant`,
+        BN shift 0. Their BN running statistics come from `calibrate_added_stats_`."""
         if self.added:
             raise ValueError("model is already widened")
         unknown = set(added) - set(self.group_widths)
@@ -227,8 +268,35 @@ class WidenableNet(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         for m in self.modules():
             if isinstance(m, Widenable):
-                m.widen_(added.get(m.in_group, 0) * m.in_unit, added.get(m.out_group, 0) * m.out_unit, gen, cross)
+                m.widen_(added.get(m.in_group, 0) * m.in_unit, added.get(m.out_group, 0) * m.out_unit, gen, cross,
+                         dormant)
         self.added = dict(added)
+        return self
+
+    @torch.no_grad()
+    def calibrate_added_stats_(self, inputs) -> "WidenableNet":
+        """Set the added channels' BatchNorm running statistics from data, as pretraining with those channels
+        masked off leaves them: train-mode passes over `inputs` (an iterable of input batches) in full mode with
+        every added channel masked to 0, averaging the batch statistics; the deployed channels' statistics are
+        left exactly as they were."""
+        bns = [m for m in self.modules() if isinstance(m, WBatchNorm2d)]  # unwidened ones are restored whole
+        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+                 for m in bns]
+        was_training = self.training
+        self.train()
+        k = 0
+        for x in inputs:
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)  # a cumulative average over the batches
+            ids = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            self(x, Route(ids, keep=0.0, seed=0))
+            k += 1
+        for m, (mean, var, n, mom) in zip(bns, saved):
+            c = m.base_out
+            m.running_mean[:c], m.running_var[:c] = mean[:c], var[:c]
+            m.num_batches_tracked.copy_(n)
+            m.momentum = mom
+        self.train(was_training)
         return self
 
     def deploy_(self) -> "WidenableNet":
@@ -261,12 +329,16 @@ class ConvBN(nn.Module):
 
 
 class Residual(nn.Module):
-    """x + convbn(convbn(x)); the inner activation is its own group, the output joins the stream's group."""
+    """x + convbn(convbn(x)); the inner activation is its own group, the output joins the stream's group.
 
-    def __init__(self, c: int, *, stream: str, inner: str):
+    `inner` width defaults to the stream's. Under the released layout it is the full (widened) width and its
+    group is never widened: the inner activation stays unmasked and belongs to the deployed model."""
+
+    def __init__(self, c: int, *, stream: str, inner: str, inner_width: int | None = None):
         super().__init__()
-        self.a = ConvBN(c, c, in_group=stream, out_group=inner)
-        self.b = ConvBN(c, c, in_group=inner, out_group=stream)
+        ci = c if inner_width is None else inner_width
+        self.a = ConvBN(c, ci, in_group=stream, out_group=inner)
+        self.b = ConvBN(ci, c, in_group=inner, out_group=stream)
 
     def forward(self, x: torch.Tensor, route: Route | None) -> torch.Tensor:
         return x + self.b(self.a(x, route), route)
