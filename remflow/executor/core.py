@@ -89,7 +89,8 @@ def plan(repo) -> tuple[list, dict, dict]:
     from dvc.stage import PipelineStage
 
     graph = repo.index.graph  # edges point from a stage to the stages it depends on
-    order = list(reversed(list(nx.topological_sort(graph))))
+    pos = {s: i for i, s in enumerate(repo.index.stages)}  # dvc.yaml's order among stages that are ready
+    order = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: pos.get(s, 0)))
     chosen: list = []
     picked: set = set()
     for stage in order:
@@ -119,7 +120,7 @@ def _start_ray(opts: Options):
     import ray
 
     if ray.is_initialized():
-        return ray
+        return ray, False
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                   configure_logging=True)
@@ -127,7 +128,7 @@ def _start_ray(opts: Options):
         ray.init(address=address, **kwargs)
     else:
         ray.init(**kwargs)
-    return ray
+    return ray, True
 
 
 def execute(root: Path, opts: Options, view=None) -> Report:
@@ -175,7 +176,16 @@ def execute(root: Path, opts: Options, view=None) -> Report:
 
 def _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop):
     with timed("ray start"):
-        ray = _start_ray(opts)
+        ray, started = _start_ray(opts)
+    try:
+        _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop)
+    finally:
+        if started:
+            with timed("ray stop"):
+                ray.shutdown()
+
+
+def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
     from remflow.executor.worker import StageWorker
 
     n = opts.workers or _cluster_slots(ray, opts)

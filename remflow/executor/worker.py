@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +65,16 @@ def _run_remflow(args: list[str]) -> int:
         return 1
 
 
+def _die_with_parent() -> None:
+    """In a stage's shell: a killed worker takes its stage's command with it (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_stage(spec: StageSpec) -> dict:
     """Run every command of one stage in `spec.wdir`, output to `spec.log`; stop at the first failure."""
     t0 = time.perf_counter()
@@ -87,7 +98,8 @@ def run_stage(spec: StageSpec) -> dict:
                     rc = _run_remflow(args)
                 else:
                     mode = "shell"
-                    rc = subprocess.run(cmd, shell=True, cwd=spec.wdir, stdout=log, stderr=log).returncode
+                    rc = subprocess.run(cmd, shell=True, cwd=spec.wdir, stdout=log, stderr=log,
+                                        preexec_fn=_die_with_parent).returncode
                 sys.stdout.flush()
                 sys.stderr.flush()
                 if rc != 0:
