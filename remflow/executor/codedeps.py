@@ -52,31 +52,43 @@ def module_files(module: str, methods_dir: Path) -> list[str]:
     return sorted(files)
 
 
-def wanted(params) -> dict[str, list[str]]:
-    """run name -> the method files it depends on, for every entry of `methods:`."""
+def methods_dir(root: Path) -> Path:
+    """The methods/ folder of the code the project's dvc.yaml points at (its `code` var), else this package's."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
+        for entry in spec.get("vars") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("code"), str):
+                return Path(root) / entry["code"] / "methods"
+    except (OSError, yaml.YAMLError):
+        pass
     import remflow.methods as pkg
+
+    return Path(pkg.__file__).parent
+
+
+def wanted(params, root: Path) -> dict[str, list[str]]:
+    """run name -> the method files it depends on, for every entry of `methods:`."""
     from remflow.methods import REGISTRY
 
-    methods_dir = Path(pkg.__file__).parent
+    mdir = methods_dir(root)
     out = {}
     for run, cfg in params.methods.items():
-        module = REGISTRY[cfg.method].fn.__module__.rsplit(".", 1)[-1]
-        out[run] = module_files(module, methods_dir)
+        module = REGISTRY[cfg.method].unlearn.__module__.rsplit(".", 1)[-1]
+        out[run] = module_files(module, mdir)
     return out
 
 
 def _target(root: Path, run: str, name: str) -> str:
-    import remflow.methods as pkg
-
-    src = Path(pkg.__file__).resolve().parent / name
-    return os.path.relpath(src, (root / FOLDER / run).resolve())
+    return os.path.relpath(methods_dir(root) / name, Path(root) / FOLDER / run)
 
 
 def check(root: Path, params) -> list[str]:
     """What differs between method-code/ and params (empty when in sync)."""
     root = Path(root)
     problems = []
-    want = wanted(params)
+    want = wanted(params, root)
     have = {p.name for p in (root / FOLDER).iterdir() if p.is_dir()} if (root / FOLDER).is_dir() else set()
     for run in sorted(have - set(want)):
         problems.append(f"{FOLDER}/{run}: no such entry under methods:")
@@ -98,7 +110,7 @@ def sync(root: Path, params) -> bool:
     root = Path(root)
     if not check(root, params):
         return False
-    want = wanted(params)
+    want = wanted(params, root)
     base = root / FOLDER
     base.mkdir(exist_ok=True)
     for d in base.iterdir():
