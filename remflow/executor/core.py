@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remflow.errors import RemflowError
-from remflow.executor.worker import StageSpec
+from remflow.executor.worker import StageSpec, stop_shell
 
 LOG_DIR = Path(".remflow") / "logs"
 
@@ -279,6 +279,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.ActorDiedError) as e:
                     # the worker died mid-stage: whatever it wrote is discarded and the stage runs again
+                    stop_shell(str(log_dir / _log_name(stage.addressing)))
                     with timed("remove outputs"):
                         _remove_outs(stage)
                     try:
@@ -321,6 +322,8 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                 ray.kill(actor)
             except Exception:  # noqa: BLE001
                 pass
+            time.sleep(0.2)  # the worker is gone before its shell's pid file is read
+            stop_shell(str(log_dir / _log_name(stage.addressing)))
             with timed("remove outputs"):
                 _remove_outs(stage)
         running.clear()

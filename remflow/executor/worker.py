@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,13 +66,36 @@ def _run_remflow(args: list[str]) -> int:
         return 1
 
 
-def _die_with_parent() -> None:
-    """In a stage's shell: a killed worker takes its stage's command with it (Linux; elsewhere a no-op)."""
+def _shell(cmd: str, spec: StageSpec, log) -> int:
+    """Run a command in a shell of its own process group; its pid goes next to the log, so that the
+    coordinator can stop it when its worker is killed (same host)."""
+    proc = subprocess.Popen(cmd, shell=True, cwd=spec.wdir, stdout=log, stderr=log, start_new_session=True)
+    pidfile = spec.log + ".pid"
+    with open(pidfile, "w") as f:
+        f.write(f"{socket.gethostname()} {proc.pid}\n")
     try:
-        import ctypes
+        return proc.wait()
+    finally:
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+
+def stop_shell(log: str) -> None:
+    """Kill the process group of a stage's shell command left behind by a dead worker (this host only)."""
+    try:
+        host, pid = open(log + ".pid").read().split()
+    except (OSError, ValueError):
+        return
+    if host == socket.gethostname():
+        try:
+            os.killpg(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    try:
+        os.unlink(log + ".pid")
+    except OSError:
         pass
 
 
@@ -98,8 +122,7 @@ def run_stage(spec: StageSpec) -> dict:
                     rc = _run_remflow(args)
                 else:
                     mode = "shell"
-                    rc = subprocess.run(cmd, shell=True, cwd=spec.wdir, stdout=log, stderr=log,
-                                        preexec_fn=_die_with_parent).returncode
+                    rc = _shell(cmd, spec, log)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 if rc != 0:
