@@ -257,6 +257,27 @@ def check(
     out.print(f"[green]ok[/green]: {params} is valid; {dvc} declares the params of its {n} stage definitions")
 
 
+@app.command()
+@guarded
+def run(
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: RAY_ADDRESS, else a local "
+                                                     "Ray started here)")] = None,
+    cpus: Annotated[float | None, typer.Option(min=0.01, help="CPUs per run (default: runtime.cpus)")] = None,
+    gpus: Annotated[float | None, typer.Option(min=0, help="GPUs per run, fractions share a card "
+                                                           "(default: runtime.gpus)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parallel runs (default: runtime.workers, else as "
+                                                            "many as the resources allow)")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="most finished stages per lock-file write")] = 64,
+    dry: Annotated[bool, typer.Option("--dry", help="list the changed stages, run nothing")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="only refresh method-code/ from params' methods:")] = False,
+):
+    """Run the suite's changed DVC stages in parallel on Ray workers; commit them to DVC in batches."""
+    from remflow.executor.cli import run_command
+
+    raise typer.Exit(run_command(Path("."), address=address, cpus=cpus, gpus=gpus, workers=workers, batch=batch,
+                                 dry=dry, sync=sync))
+
+
 def main() -> None:
     try:
         app()

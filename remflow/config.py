@@ -271,6 +271,19 @@ class RuntimeCfg(Strict):
     threads: PositiveInt | None = Field(None, description="CPU threads (default: torch's choice)")
     compile: bool = Field(False, description="torch.compile the training step (CUDA)")
     eval_batch_size: PositiveInt = 2048
+    # `remflow run` only (no stage reads them, so dvc.yaml does not track them): resources per run
+    cpus: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="CPUs per run for `remflow run` (default: threads, else 1)")
+    gpus: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        0, description="GPUs per run for `remflow run`; a fraction shares one card (0.25: four runs a GPU)")
+    workers: PositiveInt | None = Field(None, description="parallel runs (default: as many as the resources allow)")
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_or_fraction(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per run must be a whole number")
+        return v
 
 
 class EvaluateCfg(Strict):

@@ -13,13 +13,16 @@ from remflow.errors import RemflowError
 from remflow.config import GridCfg, ParamsBase
 from remflow.params import read_yaml
 
+# the runtime keys that change a stage's results (runtime.cpus/gpus/workers only schedule `remflow run`)
+RUNTIME_RESULT_KEYS = ("runtime.device", "runtime.threads", "runtime.compile", "runtime.eval_batch_size")
+
 # what each command reads from params.yaml (besides validating all of it)
 STAGE_READS: dict[str, set[str]] = {
     "corrupt": {"data", "corruption"},
-    "pretrain": {"data", "model", "pretrain", "runtime"},
+    "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
     "discover": set(),
-    "unlearn": {"data", "model", "pretrain", "unlearn", "runtime", "methods.<run>"},
-    "evaluate": {"data", "grid", "runtime", "evaluate"},
+    "unlearn": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
+    "evaluate": {"data", "grid", *RUNTIME_RESULT_KEYS, "evaluate"},
 }
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
 _GRID_REF = re.compile(r"\$\{grid\.(\w+)\}")

@@ -1,0 +1,1 @@
+../../../../remflow/methods/bad_teacher.py

@@ -1,0 +1,1 @@
+../../../../remflow/methods/neggrad_plus.py

@@ -1,0 +1,363 @@
+"""`remflow run`: the changed stages of one DVC project, in dependency order, in parallel on Ray workers.
+
+DVC stays the record. The coordinator asks DVC's own index which stages are changed (what `dvc repro` would
+run), removes their outputs as `dvc repro` does, and hands each ready stage to a free worker. A finished
+stage is saved and committed to the cache with DVC's own Stage.save/commit (which also writes its run-cache
+entry); the lock file is written once per batch of finished stages (ProjectFile.dump_stages), not once per
+stage. A stage is dispatched only after every stage it depends on is committed (committing relinks outputs,
+so a downstream reader must not race it). Nothing that did not finish cleanly is ever committed: a failed
+stage's outputs are removed and its dependents skipped; a stage whose worker died runs again on a new worker;
+on Ctrl-C the finished stages are committed and the rest is left for the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remflow.errors import RemflowError
+from remflow.executor.worker import StageSpec, stop_shell
+
+LOG_DIR = Path(".remflow") / "logs"
+
+
+@dataclass
+class Options:
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+    workers: int | None = None
+    batch: int = 64  # most stages per lock write
+    commit_every_s: float = 5.0  # commit finished stages at least this often
+    retries: int = 2  # reruns of a stage whose worker died
+    dry: bool = False
+    live: bool | None = None  # rich live view (default: when stderr is a terminal)
+
+
+@dataclass
+class Report:
+    planned: int = 0
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # stage -> log file
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> the failed stage it depends on
+    left: list[str] = field(default_factory=list)  # not run (interrupted)
+    rerun: list[str] = field(default_factory=list)  # ran again after its worker died
+    interrupted: bool = False
+    workers: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # where the coordinator's time went
+    stage_seconds: float = 0.0  # sum of the stages' own wall time in the workers
+    commits: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if (self.failed or self.skipped) else 0
+
+
+def _log_name(stage_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stage_name.replace("@", "-")) + ".log"
+
+
+class _Timer:
+    def __init__(self, report: Report):
+        self.report = report
+
+    def __call__(self, key: str):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                s = timer.report.seconds
+                s[key] = s.get(key, 0.0) + time.perf_counter() - self.t0
+
+        return _T()
+
+
+def plan(repo) -> tuple[list, dict, dict]:
+    """The stages `dvc repro` would run, upstream first; each stage's upstream and downstream among them."""
+    import networkx as nx
+    from dvc.stage import PipelineStage
+
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    pos = {s: i for i, s in enumerate(repo.index.stages)}  # dvc.yaml's order among stages that are ready
+    order = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: pos.get(s, 0)))
+    chosen: list = []
+    picked: set = set()
+    for stage in order:
+        if not isinstance(stage, PipelineStage) or not stage.cmd or stage.frozen:
+            continue
+        upstream = [u for u in graph.successors(stage) if u in picked]
+        if upstream or stage.changed():
+            chosen.append(stage)
+            picked.add(stage)
+    ups = {s: [u for u in graph.successors(s) if u in picked] for s in chosen}
+    downs: dict = {s: [] for s in chosen}
+    for s, us in ups.items():
+        for u in us:
+            downs[u].append(s)
+    return chosen, ups, downs
+
+
+def _cluster_slots(ray, opts: Options) -> int:
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 1) // max(opts.cpus, 1e-9)) if opts.cpus else 10**6
+    if opts.gpus:
+        slots = min(slots, int(res.get("GPU", 0) // opts.gpus))
+    return slots
+
+
+def _start_ray(opts: Options):
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                  configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+    return ray, True
+
+
+def execute(root: Path, opts: Options, view=None) -> Report:
+    """Run the changed stages of the DVC project at `root`; returns what happened (exit code included)."""
+    from dvc.repo import Repo
+
+    import logging
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # no "Updating lock file" per batch in the live view
+    report = Report()
+    timed = _Timer(report)
+    root = Path(root).resolve()
+    t_start = time.perf_counter()
+    with timed("open"):
+        repo = Repo(str(root))
+    if Path(repo.root_dir).resolve() != root:
+        raise RemflowError("not the root of a DVC project", key=str(root), got=repo.root_dir,
+                           hint="run `remflow run` in a suite's folder (each has its own .dvc/)")
+    stop = {"now": False}
+
+    def on_sigint(signum, frame):
+        if stop["now"]:  # a second Ctrl-C: give up committing
+            raise KeyboardInterrupt
+        stop["now"] = True
+        if view is not None:
+            view.note("Ctrl-C: committing what finished; the next run does the rest (Ctrl-C again to abort)")
+
+    with repo.lock, repo.scm_context(quiet=True):
+        with timed("status"):
+            stages, ups, downs = plan(repo)
+        report.planned = len(stages)
+        if opts.dry or not stages:
+            report.left = [s.addressing for s in stages]
+            repo.close()
+            return report
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    repo.close()
+    report.seconds["wall"] = time.perf_counter() - t_start
+    return report
+
+
+def _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop):
+    with timed("ray start"):
+        ray, started = _start_ray(opts)
+    try:
+        _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop)
+    finally:
+        if started:
+            with timed("ray stop"):
+                ray.shutdown()
+
+
+def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
+    from remflow.executor.worker import StageWorker
+
+    n = opts.workers or _cluster_slots(ray, opts)
+    n = max(1, min(n, len(stages)))
+    report.workers = n
+    actor_cls = ray.remote(StageWorker).options(num_cpus=opts.cpus, num_gpus=opts.gpus or 0, max_restarts=0,
+                                                max_concurrency=1)
+    sys_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+    def new_worker():
+        return actor_cls.remote(sys_path)
+
+    with timed("workers start"):
+        idle = deque(new_worker() for _ in range(n))
+
+    waiting_on = {s: len(ups[s]) for s in stages}  # upstream stages not yet committed
+    ready = deque(s for s in stages if waiting_on[s] == 0)
+    running: dict = {}  # future -> (stage, actor, started)
+    finished: list = []  # done in a worker, not yet committed
+    attempts: dict = {}
+    dead: set = set()  # failed or skipped
+    last_commit = time.perf_counter()
+    log_dir = root / LOG_DIR
+    if view is not None:
+        view.start(len(stages), n)
+
+    def fail(stage, why_log: str):
+        report.failed[stage.addressing] = why_log
+        dead.add(stage)
+        with timed("remove outputs"):
+            _remove_outs(stage)
+        todo = list(downs[stage])
+        while todo:
+            d = todo.pop()
+            if d in dead:
+                continue
+            dead.add(d)
+            report.skipped[d.addressing] = stage.addressing
+            todo.extend(downs[d])
+        if view is not None:
+            view.failed(stage.addressing, why_log)
+
+    def commit(batch):
+        if not batch:
+            return
+        with timed("commit"):
+            _commit(repo, batch)
+        report.commits += 1
+        for s in batch:
+            report.done.append(s.addressing)
+            for d in downs[s]:
+                waiting_on[d] -= 1
+                if waiting_on[d] == 0 and d not in dead:
+                    ready.append(d)
+        if view is not None:
+            view.committed(len(batch))
+
+    def spec(stage):
+        cmds = stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]
+        return StageSpec(stage.addressing, [c for c in cmds if c.strip()], str(Path(stage.wdir).resolve()),
+                         str(log_dir / _log_name(stage.addressing)),
+                         {"DVC_ROOT": str(root), "DVC_STAGE": stage.addressing})
+
+    while (ready or running or finished) and not stop["now"]:
+        # hand ready stages to idle workers
+        while ready and idle and not stop["now"]:
+            stage = ready.popleft()
+            if stage in dead:
+                continue
+            actor = idle.popleft()
+            with timed("remove outputs"):
+                _remove_outs(stage)
+            with timed("dispatch"):
+                fut = actor.run.remote(spec(stage))
+            running[fut] = (stage, actor, time.perf_counter())
+            attempts[stage] = attempts.get(stage, 0) + 1
+            if view is not None:
+                view.started(stage.addressing, id(actor))
+        if running:
+            with timed("wait"):
+                done_refs, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            # collect everything else already finished too
+            if done_refs:
+                more, _ = ray.wait([r for r in running if r not in done_refs], num_returns=len(running) - 1,
+                                   timeout=0) if len(running) > 1 else ([], None)
+                done_refs += more
+            for ref in done_refs:
+                stage, actor, t0 = running.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.ActorDiedError) as e:
+                    # the worker died mid-stage: whatever it wrote is discarded and the stage runs again
+                    stop_shell(str(log_dir / _log_name(stage.addressing)))
+                    with timed("remove outputs"):
+                        _remove_outs(stage)
+                    try:
+                        ray.kill(actor)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    idle.append(new_worker())
+                    if view is not None:
+                        view.lost(stage.addressing, id(actor))
+                    if attempts[stage] <= opts.retries:
+                        report.rerun.append(stage.addressing)
+                        ready.appendleft(stage)
+                    else:
+                        fail(stage, f"worker died {attempts[stage]} times ({type(e).__name__})")
+                    continue
+                idle.append(actor)
+                report.stage_seconds += out["seconds"]
+                if out["rc"] == 0:
+                    finished.append(stage)
+                    if view is not None:
+                        view.finished(stage.addressing, id(actor), out["seconds"], out.get("worker", ""))
+                else:
+                    fail(stage, str(log_dir / _log_name(stage.addressing)))
+        # commit in batches: when a batch is full, when a waiting stage needs one of them, when time is up,
+        # or when nothing else is going on
+        if finished:
+            blocking = any(waiting_on.get(d, 0) > 0 for s in finished for d in downs[s])
+            due = (len(finished) >= opts.batch or time.perf_counter() - last_commit >= opts.commit_every_s
+                   or not running or (blocking and idle and not ready))
+            if due:
+                batch, finished = finished[: opts.batch], finished[opts.batch:]
+                commit(batch)
+                last_commit = time.perf_counter()
+
+    if stop["now"]:
+        report.interrupted = True
+        # stop the stages in flight; their outputs are half-written: remove them, commit nothing of theirs
+        for ref, (stage, actor, _) in list(running.items()):
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001
+                pass
+            time.sleep(0.2)  # the worker is gone before its shell's pid file is read
+            stop_shell(str(log_dir / _log_name(stage.addressing)))
+            with timed("remove outputs"):
+                _remove_outs(stage)
+        running.clear()
+        while finished:
+            batch, finished = finished[: opts.batch], finished[opts.batch:]
+            commit(batch)
+        committed = set(report.done)
+        report.left = [s.addressing for s in stages
+                       if s.addressing not in committed and s not in dead]
+    for actor in idle:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001
+            pass
+    if view is not None:
+        view.stop()
+
+
+def _remove_outs(stage) -> None:
+    """What `dvc repro` does before running a stage: outputs that are not `persist` are removed."""
+    for out in stage.outs:
+        if out.persist:
+            out.unprotect()
+        elif out.exists:
+            out.remove(ignore_remove=False)
+
+
+def _commit(repo, batch) -> None:
+    """Save and commit each finished stage (cache + run cache), then one lock write per dvc.yaml."""
+    by_file: dict = {}
+    for stage in batch:
+        no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
+        stage.save(run_cache=not no_cache_outs)
+        stage.commit()
+        by_file.setdefault(stage.dvcfile.path, (stage.dvcfile, []))[1].append(stage)
+    for dvcfile, stages in by_file.values():
+        dvcfile.dump_stages(stages, update_pipeline=False)

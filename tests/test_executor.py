@@ -1,0 +1,205 @@
+"""`remflow run` on a tiny shell pipeline: batch commits leave DVC clean, and each fault loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a -> b@1..4 -> c; STAGE_B is the body of b, formatted per test (it sees I, the matrix value)
+PIPELINE = """\
+stages:
+  a:
+    cmd: python -c "open('a.txt','w').write(open('in.txt').read())"
+    deps:
+      - in.txt
+    outs:
+      - a.txt
+  b:
+    matrix:
+      i: [1, 2, 3, 4]
+    cmd: python ../b.py ${item.i}
+    deps:
+      - a.txt
+    outs:
+      - b-${item.i}.txt
+  c:
+    cmd: python -c "print(sum(len(open(f'b-{i}.txt').read()) for i in range(1, 5)), file=open('c.txt', 'w'))"
+    deps:
+      - b-1.txt
+      - b-2.txt
+      - b-3.txt
+      - b-4.txt
+    outs:
+      - c.txt
+"""
+
+B_OK = """\
+import sys
+i = int(sys.argv[1])
+open(f"b-{i}.txt", "w").write(open("a.txt").read() * i)
+"""
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env["RAY_ADDRESS"] = ""  # a local Ray, whatever the shell says
+    return env
+
+
+def _sh(cwd: Path, *args, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(PIPELINE)
+    (repo / "in.txt").write_text("hello\n")
+    (repo / "params.yaml").write_text("runtime:\n  cpus: 1\n  workers: 2\n")
+    (tmp_path / "b.py").write_text(B_OK)
+    _sh(repo, "git", "init", "-q")
+    _sh(repo, "dvc", "init", "-q")
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    return repo
+
+
+def _run(repo: Path, *args, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    r = _sh(repo, sys.executable, "-m", "remflow", "run", *args, check=False)
+    if check_rc is not None:
+        assert r.returncode == check_rc, r.stdout + r.stderr
+    return r
+
+
+def _lock(repo: Path) -> dict:
+    path = repo / "dvc.lock"
+    return YAML(typ="safe", pure=True).load(path.read_text())["stages"] if path.exists() else {}
+
+
+def _status_clean(repo: Path) -> bool:
+    return "up to date" in _sh(repo, "dvc", "status").stdout
+
+
+def test_run_commits_everything_like_a_serial_repro(tiny, tmp_path):
+    _run(tiny)
+    assert _status_clean(tiny)
+    assert "didn't change" in _sh(tiny, "dvc", "repro").stdout or _status_clean(tiny)
+    assert (tiny / "c.txt").read_text() == "60\n"  # 6 * (1 + 2 + 3 + 4)
+    ours = _lock(tiny)
+    assert sorted(ours) == ["a", "b@1", "b@2", "b@3", "b@4", "c"]
+    assert all(f.startswith("b-") or f in ("a.log", "c.log") for f in os.listdir(tiny / ".remflow" / "logs"))
+    # a serial dvc repro of the same pipeline records the same hashes
+    serial = tmp_path / "serial"
+    _sh(tmp_path, "git", "clone", "-q", str(tiny), str(serial))
+    _sh(serial, "dvc", "repro", "-q")
+    assert _lock(serial) == ours
+    # the run cache holds every stage: after a run on other input, going back restores them without running
+    (tiny / "in.txt").write_text("other\n")
+    _sh(tiny, "dvc", "repro", "-q")
+    (tiny / "in.txt").write_text("hello\n")
+    out = _sh(tiny, "dvc", "repro").stdout
+    assert "Stage 'a' is cached - skipping run" in out and "Stage 'c' is cached - skipping run" in out
+    assert "Running stage" not in out
+    assert _lock(tiny) == ours
+
+
+def test_second_run_does_nothing_and_dry_lists_changes(tiny):
+    _run(tiny)
+    assert _run(tiny, "--dry").stdout.strip() == ""
+    (tiny / "in.txt").write_text("changed\n")
+    listed = _run(tiny, "--dry").stdout.split()
+    assert listed == ["a", "b@1", "b@2", "b@3", "b@4", "c"]
+
+
+def test_a_failing_stage_skips_only_its_dependents(tiny, tmp_path):
+    (tmp_path / "b.py").write_text(B_OK.replace('open(f"b-{i}', 'i == 2 and sys.exit("b2 breaks")\nopen(f"b-{i}'))
+    r = _run(tiny, check_rc=1)
+    lock = _lock(tiny)
+    assert sorted(lock) == ["a", "b@1", "b@3", "b@4"]  # the others finished and are committed
+    assert "b@2" in r.stderr and "skipped" in r.stderr and "c" in r.stderr.split("skipped")[1]
+    assert not (tiny / "b-2.txt").exists() and not (tiny / "c.txt").exists()
+    assert "b2 breaks" in (tiny / ".remflow" / "logs" / "b-2.log").read_text()
+    # fixed, the next run does only the failed stage and its dependents
+    (tmp_path / "b.py").write_text(B_OK)
+    assert _run(tiny, "--dry").stdout.split() == ["b@2", "c"]
+    _run(tiny)
+    assert _status_clean(tiny)
+
+
+def test_a_killed_worker_means_the_stage_runs_again(tiny, tmp_path):
+    # the first b@3 writes half its output, then kills the worker process running it (its shell's parent)
+    (tmp_path / "b.py").write_text(B_OK.replace('open(f"b-{i}', '''\
+import os, pathlib, signal
+marker = pathlib.Path("../killed")
+if i == 3 and not marker.exists():
+    marker.write_text("x")
+    open("b-3.txt", "w").write("half")
+    os.kill(os.getppid(), signal.SIGKILL)
+    import time; time.sleep(30)
+open(f"b-{i}'''))
+    (tiny / "dvc.yaml").write_text(PIPELINE.replace("cmd: python ../b.py", "cmd: exec python ../b.py"))
+    r = _run(tiny)
+    assert (tmp_path / "killed").exists()
+    assert "b@3" in r.stderr and "again" in r.stderr
+    assert (tiny / "b-3.txt").read_text() == "hello\n" * 3
+    assert _status_clean(tiny)
+    assert (tiny / "c.txt").read_text() == "60\n"
+
+
+def test_ctrl_c_commits_what_finished_and_the_next_run_does_the_rest(tiny, tmp_path):
+    # b@3 and b@4 write half an output, then take long; Ctrl-C comes while they run
+    (tmp_path / "b.py").write_text(B_OK.replace('open(f"b-{i}', '''\
+import time
+if i >= 3:
+    open(f"b-{i}.txt", "w").write("half")
+    time.sleep(120)
+open(f"b-{i}'''))
+    (tiny / "params.yaml").write_text("runtime:\n  cpus: 1\n  workers: 4\n")
+    errors = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "remflow", "run", "--cpus", "0.5"], cwd=tiny, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=errors)
+    deadline = time.time() + 240
+    while time.time() < deadline and not all((tiny / f"b-{i}.txt").exists() for i in (1, 2, 3, 4)):
+        time.sleep(0.5)
+    time.sleep(2)  # b@1 and b@2 are done by now
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    errors.close()
+    assert proc.returncode == 130, (tmp_path / "stderr.txt").read_text()
+    lock = _lock(tiny)
+    assert sorted(lock) == ["a", "b@1", "b@2"]
+    assert not (tiny / "b-3.txt").exists() and not (tiny / "b-4.txt").exists()  # nothing half-written stays
+    (tmp_path / "b.py").write_text(B_OK)
+    assert _run(tiny, "--dry").stdout.split() == ["b@3", "b@4", "c"]
+    _run(tiny)
+    assert _status_clean(tiny)
+    assert (tiny / "c.txt").read_text() == "60\n"
+
+
+def test_runtime_section_is_validated_and_overridable(tiny):
+    (tiny / "params.yaml").write_text("runtime:\n  cpus: 1\n  gpus: 1.5\n")
+    r = _run(tiny, check_rc=2)
+    assert "runtime.gpus" in r.stderr and "1.5" in r.stderr
+    (tiny / "params.yaml").write_text("runtime:\n  cpus: -1\n")
+    r = _run(tiny, check_rc=2)
+    assert "runtime.cpus" in r.stderr
+    assert not (tiny / "dvc.lock").exists()
+    from remflow.executor import options_from
+
+    (tiny / "params.yaml").write_text("runtime:\n  cpus: 2\n  gpus: 0.25\n  workers: 3\n")
+    opts, _ = options_from(tiny)
+    assert (opts.cpus, opts.gpus, opts.workers) == (2, 0.25, 3)
+    opts, _ = options_from(tiny, cpus=1, gpus=0.5, workers=8)
+    assert (opts.cpus, opts.gpus, opts.workers) == (1, 0.5, 8)
