@@ -100,3 +100,12 @@ def test_a_renamed_run_links_its_method_module(tmp_path):
     del raw["methods"]["rem_keep05"]
     codedeps.sync(tmp_path, validate(raw))
     assert not (tmp_path / "method-code" / "rem_keep05").exists()
+
+
+@pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)
+def test_every_tracked_runtime_key_is_in_params(project):
+    # DVC refuses to run a stage whose tracked params key is missing from params.yaml
+    from remflow.pipeline_check import RUNTIME_RESULT_KEYS
+
+    runtime = YAML(typ="safe", pure=True).load((project / "params.yaml").read_text())["runtime"]
+    assert {k.split(".")[1] for k in RUNTIME_RESULT_KEYS} <= set(runtime)

@@ -42,7 +42,7 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync) -
         Path(stats).write_text(json.dumps({
             "planned": report.planned, "done": len(report.done), "failed": len(report.failed),
             "workers": report.workers, "seconds": report.seconds, "stage_seconds": report.stage_seconds,
-            "commits": report.commits, "rerun": report.rerun}))
+            "commits": report.commits, "rerun": report.rerun, "nodes": len(report.nodes)}))
     return report.exit_code
 
 

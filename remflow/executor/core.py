@@ -53,6 +53,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)  # where the coordinator's time went
     stage_seconds: float = 0.0  # sum of the stages' own wall time in the workers
     commits: int = 0
+    nodes: set = field(default_factory=set)  # Ray nodes that ran stages
 
     @property
     def exit_code(self) -> int:
@@ -188,8 +189,12 @@ def _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop):
 def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
     from remflow.executor.worker import StageWorker
 
-    n = opts.workers or _cluster_slots(ray, opts)
-    n = max(1, min(n, len(stages)))
+    slots = _cluster_slots(ray, opts)
+    if slots < 1:
+        raise RemflowError("the cluster cannot hold one run with these resources", key="runtime.cpus/gpus",
+                           got=f"cpus {opts.cpus}, gpus {opts.gpus}; cluster {ray.cluster_resources()}")
+    # more workers than the resources hold would wait for resources forever (each holds its share while alive)
+    n = max(1, min(opts.workers or slots, slots, len(stages)))
     report.workers = n
     actor_cls = ray.remote(StageWorker).options(num_cpus=opts.cpus, num_gpus=opts.gpus or 0, max_restarts=0,
                                                 max_concurrency=1)
@@ -297,6 +302,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                     continue
                 idle.append(actor)
                 report.stage_seconds += out["seconds"]
+                report.nodes.add(out.get("node", ""))
                 if out["rc"] == 0:
                     finished.append(stage)
                     if view is not None:

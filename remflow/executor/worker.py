@@ -74,12 +74,18 @@ def _shell(cmd: str, spec: StageSpec, log) -> int:
     with open(pidfile, "w") as f:
         f.write(f"{socket.gethostname()} {proc.pid}\n")
     try:
-        return proc.wait()
-    finally:
+        rc = proc.wait()
+    except BaseException:  # the worker is being stopped (ray.kill, Ctrl-C): take the command with it
         try:
-            os.unlink(pidfile)
+            os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
+        raise
+    try:
+        os.unlink(pidfile)
+    except OSError:
+        pass
+    return rc
 
 
 def stop_shell(log: str) -> None:
@@ -155,6 +161,12 @@ class StageWorker:
         # torch and remflow are imported by the first remflow stage this worker runs, then stay imported
         import socket
 
+        try:
+            import ray
+
+            self.node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001
+            self.node = ""
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
     def ident(self) -> str:
@@ -163,4 +175,5 @@ class StageWorker:
     def run(self, spec: StageSpec) -> dict:
         out = run_stage(spec)
         out["worker"] = self.where
+        out["node"] = self.node
         return out

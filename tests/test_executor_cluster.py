@@ -1,0 +1,57 @@
+"""A two-node Ray cluster on one machine runs the default suite (shrunk) with `remflow run`: DVC is clean
+afterwards and every checkpoint's hash equals a serial `dvc repro`'s."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from conftest import ROOT, make_dvc_repo
+
+SHRUNK = {
+    "model": {"width": 8},
+    "pretrain": {"epochs": 3, "eval_every": 3},
+    "unlearn": {"epochs": 1},
+    "grid": {"regularities": ["high", "low"], "discovery_rates": [0.5, 1.0], "seeds": [0]},
+    "runtime": {"threads": 1, "cpus": 1},
+}
+
+
+def _hashes(repo: Path) -> dict:
+    lock = YAML(typ="safe", pure=True).load((repo / "dvc.lock").read_text())["stages"]
+    return {name: [(o["path"], o.get("md5")) for o in st.get("outs", []) if "metrics" not in o["path"]
+                   and "results" not in o["path"] and "heatmaps" not in o["path"]]
+            for name, st in lock.items()}
+
+
+@pytest.mark.slow
+def test_two_node_cluster_runs_the_default_suite(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        par = make_dvc_repo(tmp_path / "cluster", SHRUNK)
+        env = dict(par.env, RAY_ADDRESS=cluster.address, REMFLOW_RUN_STATS=str(tmp_path / "stats.json"))
+        r = subprocess.run([sys.executable, "-m", "remflow", "run"], cwd=par.path, env=env, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        stats = json.loads((tmp_path / "stats.json").read_text())
+        assert stats["nodes"] == 2 and stats["workers"] == 2
+    finally:
+        cluster.shutdown()
+    status = subprocess.run(["dvc", "status"], cwd=par.path, capture_output=True, text=True).stdout
+    assert "up to date" in status
+    serial = make_dvc_repo(tmp_path / "serial", SHRUNK)
+    serial.run("dvc", "repro", "-q")
+    ours, theirs = _hashes(par.path), _hashes(serial.path)
+    assert ours == theirs
+    assert any(name.startswith("unlearn@") for name in ours)
