@@ -43,9 +43,10 @@ class ReferenceCE:
     """
 
     def __init__(self, ctx: UnlearnContext, ref: nn.Module, *, keep: float = 0.2, seed: int = 0,
-                 ids: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True):
+                 ids: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True,
+                 per_layer: bool = False):
         t = ctx.task
-        self.ref, self.keep, self.seed, self.ids = ref, keep, seed, ids
+        self.ref, self.keep, self.seed, self.ids, self.per_layer = ref, keep, seed, ids, per_layer
         self.table: torch.Tensor | None = None
         if reuse and not (t.augment.crop_padding or t.augment.flip):
             out = []
@@ -60,7 +61,8 @@ class ReferenceCE:
     def _forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if self.ids is None:
             return self.ref(x)
-        return self.ref(x, Route(self.ids(idx), keep=self.keep, seed=self.seed))
+        return self.ref(x, Route(self.ids(idx), keep=self.keep, seed=self.seed,
+                                 per_layer=self.per_layer))
 
     def __call__(self, batch) -> torch.Tensor:
         if self.table is not None:
