@@ -78,7 +78,7 @@ def test_a_cell_depends_on_its_own_method_modules_only():
         rem = methods_files("unlearn@rem-high-0.1-0")
         assert {"rem.py", "forgetting.py", "base.py"} <= rem and "scrub.py" not in rem
         assert methods_files("unlearn@scrub-high-0.1-0") == {"scrub.py", "base.py"}
-        assert methods_files("unlearn@finetune-high-0.1-0") == {"finetune.py", "retrain.py", "base.py"}
+        assert methods_files("unlearn@finetune-high-0.1-0") == {"finetune.py", "base.py"}
         assert methods_files("unlearn@rem_ga-high-0.1-0") == rem  # an ablation runs rem.py's code
         assert "rem.py" in methods_files("unlearn_etd@rem-high-0.1-0")
 

@@ -14,7 +14,7 @@ from remflow.models.layers import ConvBN, Residual, Route, WidenableNet, WLinear
 
 
 class SmallCNN(WidenableNet):
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, layout: str = "released"):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, layout: str = "every_conv"):
         super().__init__()
         c1, c2, c3 = width, 2 * width, 4 * width
         i1, w1 = layout_widths(layout, c2)
