@@ -24,10 +24,12 @@ SHRUNK = {
 
 
 def _hashes(repo: Path) -> dict:
-    lock = YAML(typ="safe", pure=True).load((repo / "dvc.lock").read_text())["stages"]
-    return {name: [(o["path"], o.get("md5")) for o in st.get("outs", []) if "metrics" not in o["path"]
-                   and "results" not in o["path"] and "heatmaps" not in o["path"]]
-            for name, st in lock.items()}
+    """md5 of every checkpoint, manifest and discovery file the pipeline wrote (run records hold timings)."""
+    import hashlib
+
+    files = [*repo.glob("artifacts/**/*.json"), *repo.glob("**/model.safetensors")]
+    return {str(f.relative_to(repo)): hashlib.md5(f.read_bytes()).hexdigest() for f in files
+            if f.name != "log.json" and ".dvc" not in f.parts}
 
 
 @pytest.mark.slow
@@ -54,4 +56,4 @@ def test_two_node_cluster_runs_the_default_suite(tmp_path):
     serial.run("dvc", "repro", "-q")
     ours, theirs = _hashes(par.path), _hashes(serial.path)
     assert ours == theirs
-    assert any(name.startswith("unlearn@") for name in ours)
+    assert any(name.startswith("runs/") for name in ours) and len(ours) > 10
