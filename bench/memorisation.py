@@ -1,0 +1,59 @@
+"""Has the original model memorised its corruption? Pretraining's checkpoint choice side by side.
+
+For each seed and each `pretrain.select` (best_val: the best validation epoch; last: the model as training
+leaves it), pretrains the root suite's model on the random-label (or another) cell and prints Healed of the
+original model (0 = every corrupted label memorised) with the kept epoch.
+
+    python bench/memorisation.py                      # random labels, seeds 0-2, 2 threads
+    python bench/memorisation.py --regularity medium --seeds 0 1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from ruamel.yaml import YAML
+
+from remflow import stages
+from remflow.data.datasets import load_splits
+from remflow.data.task import Task
+from remflow.io import read_json
+from remflow.metrics import evaluate_model
+from remflow.models import load_model
+from remflow.params import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--regularity", default="low", choices=["high", "medium", "low"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    raw["runtime"]["threads"] = args.threads
+    work = Path(tempfile.mkdtemp(prefix="memorisation-"))
+    print(f"{'seed':>4} {'select':>8} {'kept epoch':>10} {'healed of the original':>23}")
+    for seed in args.seeds:
+        for select in ("best_val", "last"):
+            raw["pretrain"]["select"] = select
+            params = validate(raw)
+            cell = work / f"{seed}-{select}"
+            manifest = cell / "manifest.json"
+            cell.mkdir(parents=True)
+            stages.corrupt(params, args.regularity, seed, manifest)
+            log = stages.pretrain(params, manifest, cell / "pretrain")
+            splits = load_splits(params.data)
+            m = read_json(manifest, "manifest")
+            task = Task(splits, torch.device("cpu"), args.regularity, m, m["indices"])
+            net, _ = load_model(cell / "pretrain" / "model.safetensors")
+            healed = evaluate_model(net.deploy_() if net.widened else net, task)["healed"]
+            print(f"{seed:>4} {select:>8} {log['best_epoch']:>10} {healed:>23.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
