@@ -232,7 +232,7 @@ def train(
     each, the selection. Leaves `model` at the selected epoch's state. `net` (default `model`) is what the main
     phase's loss runs, e.g. the compiled model, sharing its parameters."""
     device = device or next(model.parameters()).device
-    net = net or model
+    net = model if net is None else net  # not `or`: a compiled module refuses len()
     log = TrainLog()
     own = {p.label: make_optimizer(model.parameters(), p.recipe) for p in nested if not p.shares_optimizer}
     best = None
