@@ -11,6 +11,8 @@ validated by one pydantic model with `extra="forbid"` everywhere: the sections o
 
 from __future__ import annotations
 
+import copy
+
 import functools
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -83,18 +85,30 @@ class ParamsError(RemflowError):
         self.problems = problems
 
 
+_PARSED: dict = {}  # (path, size, mtime_ns) -> parsed YAML; a long-lived remflow run worker reads each once
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse YAML as DVC does (YAML 1.2, safe loader)."""
+    """Parse YAML as DVC does (YAML 1.2, safe loader). A file is parsed again whenever its size or mtime
+    changes; otherwise the parse is reused (a copy of it), which spares remflow run's workers re-parsing the
+    same params.yaml for every stage."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
     path = Path(path)
     if not path.is_file():
         raise RemflowError("params file not found", key=str(path), hint="pass --params PATH or run from the repo root")
-    try:
-        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except YAMLError as e:
-        raise RemflowError(f"not valid YAML: {str(e).splitlines()[0]}", key=str(path)) from None
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        try:
+            parsed = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        except YAMLError as e:
+            raise RemflowError(f"not valid YAML: {str(e).splitlines()[0]}", key=str(path)) from None
+        if len(_PARSED) >= 8:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = parsed
+    return copy.deepcopy(_PARSED[key])
 
 
 def validate(raw: Any, path: str = "params.yaml") -> ParamsBase:

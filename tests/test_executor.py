@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +50,14 @@ open(f"b-{i}.txt", "w").write(open("a.txt").read() * i)
 """
 
 
+# this test session's own Ray folder: a Ray cluster that something else runs on the machine is never joined
+# or disturbed (a short path: Ray's socket paths must stay under the OS limit)
+_RAY_TMP = tempfile.mkdtemp(prefix="rf-ray-")
+
+
 def _env() -> dict:
     env = dict(os.environ)
+    env["RAY_TMPDIR"] = _RAY_TMP
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env["RAY_ADDRESS"] = ""  # a local Ray, whatever the shell says
@@ -106,6 +113,8 @@ def test_run_commits_everything_like_a_serial_repro(tiny, tmp_path):
     _sh(tmp_path, "git", "clone", "-q", str(tiny), str(serial))
     _sh(serial, "dvc", "repro", "-q")
     assert _lock(serial) == ours
+    # byte for byte: the lock remflow run writes is the file DVC writes (same serialisation, same order)
+    assert (serial / "dvc.lock").read_text() == (tiny / "dvc.lock").read_text()
     # the run cache holds every stage: after a run on other input, going back restores them without running
     (tiny / "in.txt").write_text("other\n")
     _sh(tiny, "dvc", "repro", "-q")
@@ -204,3 +213,30 @@ def test_runtime_section_is_validated_and_overridable(tiny):
     assert (opts.cpus, opts.gpus, opts.workers) == (2, 0.25, 3)
     opts, _ = options_from(tiny, cpus=1, gpus=0.5, workers=8)
     assert (opts.cpus, opts.gpus, opts.workers) == (1, 0.5, 8)
+
+
+def test_the_lock_is_written_whole_or_not_at_all(tiny, monkeypatch):
+    """A coordinator stopped while it writes dvc.lock leaves the previous lock as it was, and no debris."""
+    from dvc.repo import Repo
+
+    from remflow.executor import dvcio
+
+    _run(tiny)
+    before = (tiny / "dvc.lock").read_bytes()
+    repo = Repo(str(tiny))
+    stages = [s for s in repo.index.stages if s.cmd]
+    lock = dvcio.LockText(str(tiny / "dvc.lock"))
+    assert lock.text() == before.decode()  # read back into blocks and joined, nothing moves
+    lock.update(stages)
+    assert lock.text() == before.decode()  # DVC's own serialisation of the same stages: the same bytes
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the coordinator is stopped between writing the new text and the rename
+
+    monkeypatch.setattr(dvcio.os, "replace", killed)
+    lock.blocks = {k: v.replace("md5:", "md5: x") for k, v in lock.blocks.items()}
+    with pytest.raises(KeyboardInterrupt):
+        lock.write()
+    repo.close()
+    assert (tiny / "dvc.lock").read_bytes() == before
+    assert not [f for f in os.listdir(tiny) if f.endswith(".tmp")]

@@ -69,15 +69,11 @@ def load_splits(cfg: DataCfg) -> Splits:
     name = cfg.dataset
     root = Path(cfg.root or DEFAULT_ROOTS.get(name, "."))
     if name == "digits":
-        x, y = _digits()
+        x, y = _cached(name, _digits_path(), _digits)
         tx, ty, x, y = _holdout(x, y, cfg.test_fraction, seed=cfg.split_seed + 7919)
         train_x, train_y, test_x, test_y = x, y, tx, ty
-    elif name == "fashion_mnist":
-        train_x, train_y, test_x, test_y = _fashion_mnist(root, cfg.download)
-    elif name == "cifar10":
-        train_x, train_y, test_x, test_y = _cifar10(root, cfg.download)
-    elif name == "svhn":
-        train_x, train_y, test_x, test_y = _svhn(root, cfg.download)
+    elif name in _READERS:
+        train_x, train_y, test_x, test_y = _cached(name, root, lambda: _READERS[name](root, cfg.download))
     else:  # pragma: no cover - the schema rejects other names
         raise RemflowError("unknown dataset", key="data.dataset", got=name)
 
@@ -108,12 +104,46 @@ def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
 # ---------------------------------------------------------------- digits
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+_RAW: dict = {}  # (dataset, source fingerprint) -> the decoded arrays
+
+
+def _fingerprint(source: Path) -> tuple:
+    """What identifies a dataset's files on disk: each file's name, size and mtime (two levels deep)."""
+    if source.is_file():
+        st = source.stat()
+        return ((str(source.resolve()), st.st_size, st.st_mtime_ns),)
+    if not source.is_dir():
+        return ()
+    files = [f for f in source.iterdir()] + [g for f in source.iterdir() if f.is_dir() for g in f.iterdir()]
+    return tuple(sorted((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()))
+
+
+def _cached(name: str, source: Path, read):
+    """Decode a dataset once per process while its files stay the same (a remflow run worker runs many
+    stages on the same data); each call gets its own copy, so no stage can change another's input."""
+    before = _fingerprint(source)
+    key = (name, before)
+    if not before or key not in _RAW:
+        arrays = tuple(read())
+        after = _fingerprint(source)  # a download or a first decode may have created the files
+        if not after:
+            return arrays  # nothing on disk to key it by (fresh arrays, not cached)
+        _RAW.clear()  # one dataset at a time: a worker keeps the data of the suite it runs
+        _RAW[(name, after)] = arrays
+        key = (name, after)
+    return tuple(a.copy() for a in _RAW[key])
+
+
+def _digits_path() -> Path:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise RemflowError("scikit-learn is not installed; the digits dataset ships inside its wheel",
                            key="data.dataset", got="digits", hint="pip install scikit-learn")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    path = _digits_path()
     if not path.is_file():
         raise RemflowError("scikit-learn's digits file is missing", key=str(path), got="digits")
     raw = np.loadtxt(path, delimiter=",", dtype=np.float64)
@@ -285,3 +315,5 @@ def describe(splits: Splits) -> str:
     return (f"{splits.name}: train {len(splits.train_y)}, val {len(splits.val_y)}, test {len(splits.test_y)}, "
             f"{splits.in_channels}x{splits.image_size}x{splits.image_size}, {splits.num_classes} classes")
 
+
+_READERS = {"fashion_mnist": _fashion_mnist, "cifar10": _cifar10, "svhn": _svhn}

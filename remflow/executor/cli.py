@@ -42,7 +42,8 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync) -
         Path(stats).write_text(json.dumps({
             "planned": report.planned, "done": len(report.done), "failed": len(report.failed),
             "workers": report.workers, "seconds": report.seconds, "stage_seconds": report.stage_seconds,
-            "commits": report.commits, "rerun": report.rerun, "nodes": len(report.nodes)}))
+            "commits": report.commits, "rerun": report.rerun, "nodes": len(report.nodes),
+            "stage_times": report.stage_times}))
     return report.exit_code
 
 
@@ -53,7 +54,7 @@ def _summary(err: Console, r) -> None:
     s = r.seconds
     err.print(f"remflow run: {len(r.done)} of {r.planned} stages done on {r.workers} workers in "
               f"{s.get('wall', 0):.1f}s ({r.commits} lock writes; DVC status {s.get('status', 0):.1f}s, "
-              f"commits {s.get('commit', 0):.1f}s)")
+              f"commits {s.get('commit', 0) + s.get('lock write', 0):.1f}s)")
     if r.rerun:
         err.print(f"[yellow]ran again after a worker died:[/yellow] {', '.join(r.rerun)}")
     for name, log in r.failed.items():

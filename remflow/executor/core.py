@@ -3,8 +3,8 @@
 DVC stays the record. The coordinator asks DVC's own index which stages are changed (what `dvc repro` would
 run), removes their outputs as `dvc repro` does, and hands each ready stage to a free worker. A finished
 stage is saved and committed to the cache with DVC's own Stage.save/commit (which also writes its run-cache
-entry); the lock file is written once per batch of finished stages (ProjectFile.dump_stages), not once per
-stage. A stage is dispatched only after every stage it depends on is committed (committing relinks outputs,
+entry); its lock entry is DVC's own serialisation, written for a batch of finished stages at once, atomically
+(dvcio.LockText), not by DVC's parse-and-rewrite of the whole lock per stage. A stage is dispatched only after every stage it depends on is committed (committing relinks outputs,
 so a downstream reader must not race it). Nothing that did not finish cleanly is ever committed: a failed
 stage's outputs are removed and its dependents skipped; a stage whose worker died runs again on a new worker;
 on Ctrl-C the finished stages are committed and the rest is left for the next run.
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remflow.errors import RemflowError
+from remflow.executor.dvcio import LockText, cached_param_reads
 from remflow.executor.worker import StageSpec, stop_shell
 
 LOG_DIR = Path(".remflow") / "logs"
@@ -52,6 +53,7 @@ class Report:
     workers: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # where the coordinator's time went
     stage_seconds: float = 0.0  # sum of the stages' own wall time in the workers
+    stage_times: dict[str, float] = field(default_factory=dict)  # stage -> its wall time in a worker
     commits: int = 0
     nodes: set = field(default_factory=set)  # Ray nodes that ran stages
 
@@ -157,7 +159,7 @@ def execute(root: Path, opts: Options, view=None) -> Report:
         if view is not None:
             view.note("Ctrl-C: committing what finished; the next run does the rest (Ctrl-C again to abort)")
 
-    with repo.lock, repo.scm_context(quiet=True):
+    with repo.lock, repo.scm_context(quiet=True), cached_param_reads():
         with timed("status"):
             stages, ups, downs = plan(repo)
         report.planned = len(stages)
@@ -209,10 +211,12 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
     waiting_on = {s: len(ups[s]) for s in stages}  # upstream stages not yet committed
     ready = deque(s for s in stages if waiting_on[s] == 0)
     running: dict = {}  # future -> (stage, actor, started)
-    finished: list = []  # done in a worker, not yet committed
+    finished: deque = deque()  # done in a worker, outputs not yet committed to the cache
+    saved: list = []  # committed to the cache, not yet written to dvc.lock
+    locks: dict = {}  # lock file path -> LockText
     attempts: dict = {}
     dead: set = set()  # failed or skipped
-    last_commit = time.perf_counter()
+    last_write = time.perf_counter()
     log_dir = root / LOG_DIR
     if view is not None:
         view.start(len(stages), n)
@@ -233,20 +237,45 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
         if view is not None:
             view.failed(stage.addressing, why_log)
 
-    def commit(batch):
-        if not batch:
+    def save(stage) -> None:
+        """Hash and commit one finished stage's outputs (cache and run cache); its dependents may start."""
+        try:
+            with timed("commit"):
+                _save(stage)
+        except Exception as e:  # noqa: BLE001  e.g. an output the command did not write
+            log = str(log_dir / _log_name(stage.addressing))
+            with open(log, "a") as f:
+                print(f"remflow run: the stage finished but DVC could not commit it: {e}", file=f)
+            fail(stage, log)
             return
-        with timed("commit"):
-            _commit(repo, batch)
+        saved.append(stage)
+        for d in downs[stage]:
+            waiting_on[d] -= 1
+            if waiting_on[d] == 0 and d not in dead:
+                ready.append(d)
+
+    def write_lock() -> None:
+        """One atomic lock write per lock file for every stage committed since the last one."""
+        nonlocal saved, last_write
+        if not saved:
+            return
+        with timed("lock write"):
+            by_lock: dict = {}
+            for stage in saved:
+                lockfile = stage.dvcfile._lockfile
+                by_lock.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
+            for path, (lockfile, batch) in by_lock.items():
+                if path not in locks:
+                    locks[path] = LockText(path, order=[st.name for st in stages])
+                locks[path].update(batch)
+                locks[path].write()
+                repo.scm_context.track_file(lockfile.relpath)
         report.commits += 1
-        for s in batch:
-            report.done.append(s.addressing)
-            for d in downs[s]:
-                waiting_on[d] -= 1
-                if waiting_on[d] == 0 and d not in dead:
-                    ready.append(d)
+        report.done.extend(s.addressing for s in saved)
         if view is not None:
-            view.committed(len(batch))
+            view.committed(len(saved))
+        saved = []
+        last_write = time.perf_counter()
 
     def spec(stage):
         cmds = stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]
@@ -254,7 +283,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                          str(log_dir / _log_name(stage.addressing)),
                          {"DVC_ROOT": str(root), "DVC_STAGE": stage.addressing})
 
-    while (ready or running or finished) and not stop["now"]:
+    while (ready or running or finished or saved) and not stop["now"]:
         # hand ready stages to idle workers
         while ready and idle and not stop["now"]:
             stage = ready.popleft()
@@ -270,8 +299,8 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
             if view is not None:
                 view.started(stage.addressing, id(actor))
         if running:
-            with timed("wait"):
-                done_refs, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            with timed("wait"):  # do not sit in wait while finished stages wait to be committed
+                done_refs, _ = ray.wait(list(running), num_returns=1, timeout=0 if finished else 0.25)
             # collect everything else already finished too
             if done_refs:
                 more, _ = ray.wait([r for r in running if r not in done_refs], num_returns=len(running) - 1,
@@ -302,6 +331,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                     continue
                 idle.append(actor)
                 report.stage_seconds += out["seconds"]
+                report.stage_times[stage.addressing] = out["seconds"]
                 report.nodes.add(out.get("node", ""))
                 if out["rc"] == 0:
                     finished.append(stage)
@@ -309,16 +339,14 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                         view.finished(stage.addressing, id(actor), out["seconds"], out.get("worker", ""))
                 else:
                     fail(stage, str(log_dir / _log_name(stage.addressing)))
-        # commit in batches: when a batch is full, when a waiting stage needs one of them, when time is up,
-        # or when nothing else is going on
-        if finished:
-            blocking = any(waiting_on.get(d, 0) > 0 for s in finished for d in downs[s])
-            due = (len(finished) >= opts.batch or time.perf_counter() - last_commit >= opts.commit_every_s
-                   or not running or (blocking and idle and not ready))
-            if due:
-                batch, finished = finished[: opts.batch], finished[opts.batch:]
-                commit(batch)
-                last_commit = time.perf_counter()
+        # commit finished stages a few at a time, going back to dispatching in between so that no worker
+        # waits on the coordinator; the lock is written for a batch of them at once
+        t_commit = time.perf_counter()
+        while finished and not (idle and ready and time.perf_counter() - t_commit > 0.05):
+            save(finished.popleft())
+        if saved and (len(saved) >= opts.batch or time.perf_counter() - last_write >= opts.commit_every_s
+                      or not (running or finished)):
+            write_lock()
 
     if stop["now"]:
         report.interrupted = True
@@ -334,8 +362,8 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                 _remove_outs(stage)
         running.clear()
         while finished:
-            batch, finished = finished[: opts.batch], finished[opts.batch:]
-            commit(batch)
+            save(finished.popleft())
+        write_lock()
         committed = set(report.done)
         report.left = [s.addressing for s in stages
                        if s.addressing not in committed and s not in dead]
@@ -357,13 +385,9 @@ def _remove_outs(stage) -> None:
             out.remove(ignore_remove=False)
 
 
-def _commit(repo, batch) -> None:
-    """Save and commit each finished stage (cache + run cache), then one lock write per dvc.yaml."""
-    by_file: dict = {}
-    for stage in batch:
-        no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
-        stage.save(run_cache=not no_cache_outs)
-        stage.commit()
-        by_file.setdefault(stage.dvcfile.path, (stage.dvcfile, []))[1].append(stage)
-    for dvcfile, stages in by_file.values():
-        dvcfile.dump_stages(stages, update_pipeline=False)
+def _save(stage) -> None:
+    """What `dvc repro` does after a stage's command: hash its deps and outs, save the run-cache entry,
+    commit the outputs to the cache. The lock entry is written later, for a batch (LockText)."""
+    no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
+    stage.save(run_cache=not no_cache_outs)
+    stage.commit()
