@@ -180,7 +180,8 @@ def test_npo_gradient_equals_gradient_ascent_at_the_reference():
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_remflows_optimisers_match_torch_optim(kind):
+def test_the_recipe_builds_torch_optim_with_the_released_settings(kind):
+    """momentum 0.9 and weight decay 5e-4 from the recipe's defaults, only the trainable parameters."""
     from remflow.params import Recipe
     from remflow.train import make_optimizer
 

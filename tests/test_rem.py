@@ -75,7 +75,7 @@ def test_remmod_flushes_with_gradient_ascent_and_repairs_with_plain_cross_entrop
 def test_proxy_selection_falls_back_to_the_last_epoch_as_released():
     import torch
 
-    from remflow.train import Data, Phase, Selection, SGD, train
+    from remflow.train import Data, Phase, Selection, train
 
     def run(fallback, scores):
         """Three epochs that set the weight to 1, 2, 3; the selection sees `scores` (the start scores 0.5)."""
@@ -87,7 +87,7 @@ def test_proxy_selection_falls_back_to_the_last_epoch_as_released():
             return -model.weight.sum()
 
         phase = Phase("t", loss, Data(1, lambda: [None]), epochs=3)
-        log = train(net, SGD(net.parameters(), lr=1.0, momentum=0.0, weight_decay=0.0), phase,
+        log = train(net, torch.optim.SGD(net.parameters(), lr=1.0, momentum=0.0, weight_decay=0.0), phase,
                     select=Selection("proxy", lambda m: next(seen), start=True, fallback=fallback))
         return float(net.weight[0, 0]), log
 
