@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # initialisation, data order, discovery: everything derives from it); REMFLOW_TEST_THREADS sets the torch
 # threads of every stage (another summation order in the CPU kernels, hence another trajectory).
 SEED = int(os.environ.get("REMFLOW_TEST_SEED", "0"))
-THREADS = int(os.environ["REMFLOW_TEST_THREADS"]) if os.environ.get("REMFLOW_TEST_THREADS") else None
+THREADS = int(os.environ.get("REMFLOW_TEST_THREADS") or 2)  # 2 when unset: the threads the fixtures were tuned at
 
 
 def root_params() -> dict:
@@ -42,7 +42,7 @@ def make_params(over: dict | None = None):
     from remflow.params import validate
 
     data = merge(root_params(), over or {})
-    if THREADS is not None:
+    if THREADS:
         data = merge(data, {"runtime": {"threads": THREADS}})
     return validate(data)
 
