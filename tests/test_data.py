@@ -147,3 +147,18 @@ def test_trigger_is_pasted_after_augmentation_on_marked_samples(digits_params):
     assert torch.all(x[:2, :, -3:, -3:] == 9.0) and not torch.all(x[2, :, -3:, -3:] == 9.0)
     assert task.train_y[0] == 0 and task.train_clean_y[0] == int(s.train_y[0])
     assert Trigger(2, 1.0).paste(torch.zeros(1, 1, 4, 4), torch.tensor([True]))[0, 0, 3, 3] == 1.0
+
+
+def test_a_dataset_is_decoded_once_per_process_and_each_stage_gets_its_own_copy():
+    """remflow run's workers keep the decoded dataset; no stage can change what the next one reads."""
+    from remflow.config import DataCfg
+    from remflow.data import datasets
+
+    cfg = DataCfg(dataset="digits")
+    a = load_splits(cfg)
+    assert len(datasets._RAW) == 1
+    a.train_x[:] = 0
+    a.test_y[:] = 7
+    b = load_splits(cfg)
+    assert b.train_x.any() and not (b.test_y == 7).all()
+    assert len(datasets._RAW) == 1

@@ -240,3 +240,23 @@ def test_the_lock_is_written_whole_or_not_at_all(tiny, monkeypatch):
     repo.close()
     assert (tiny / "dvc.lock").read_bytes() == before
     assert not [f for f in os.listdir(tiny) if f.endswith(".tmp")]
+
+
+def test_params_reads_are_memoised_per_file_version(tmp_path):
+    """remflow run memoises DVC's params reads, but an edited params file is read again."""
+    import dvc.dependency.param as param
+    from dvc.fs import LocalFileSystem
+
+    from remflow.executor.dvcio import cached_param_reads
+
+    fs, path = LocalFileSystem(), str(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("a: 1\nb: {c: 1e-3}\n")
+    original = param.load_path
+    with cached_param_reads():
+        assert param.load_path is not original
+        first = param.load_path(path, fs)
+        first["a"] = 99  # a caller that changes what it got does not change the memo
+        assert param.load_path(path, fs) == {"a": 1, "b": {"c": 0.001}}
+        (tmp_path / "params.yaml").write_text("a: 22\nb: {c: 1e-3}\n")
+        assert param.load_path(path, fs)["a"] == 22
+    assert param.load_path is original
