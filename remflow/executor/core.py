@@ -4,8 +4,9 @@ DVC stays the record. The coordinator asks DVC's own index which stages are chan
 run), removes their outputs as `dvc repro` does, and hands each ready stage to a free worker. A finished
 stage is saved and committed to the cache with DVC's own Stage.save/commit (which also writes its run-cache
 entry); its lock entry is DVC's own serialisation, written for a batch of finished stages at once, atomically
-(dvcio.LockText), not by DVC's parse-and-rewrite of the whole lock per stage. A stage is dispatched only after every stage it depends on is committed (committing relinks outputs,
-so a downstream reader must not race it). Nothing that did not finish cleanly is ever committed: a failed
+(dvcio.LockText), not by DVC's parse-and-rewrite of the whole lock per stage. A stage is dispatched only
+after every stage it depends on is committed (committing relinks outputs, so a downstream reader must not
+race it). Nothing that did not finish cleanly is ever committed: a failed
 stage's outputs are removed and its dependents skipped; a stage whose worker died runs again on a new worker;
 on Ctrl-C the finished stages are committed and the rest is left for the next run.
 """
