@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +55,7 @@ open(f"b-{i}.txt", "w").write(open("a.txt").read() * i)
 # this test session's own Ray folder: a Ray cluster that something else runs on the machine is never joined
 # or disturbed (a short path: Ray's socket paths must stay under the OS limit)
 _RAY_TMP = tempfile.mkdtemp(prefix="rf-ray-")
+atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)
 
 
 def _env() -> dict:
