@@ -72,4 +72,29 @@ class Bench:
         self.remflow("unlearn", "--method", method, "--model", str(inputs["model"]), "--manifest",
                      str(inputs["manifest"]), "--discovered", str(inputs["discovered"]), "--out", str(out),
                      params=params)
-        return json.loads((out / "record.json").read_text())
+        return {**json.loads((out / "record.json").read_text()), "dir": str(out)}
+
+    def score(self, run_dir: Path, params: Path | None = None) -> dict[str, float]:
+        """Healed, Utility and Utility x Healed of a finished run, scored as the evaluate stage scores it."""
+        import torch
+
+        from remflow.data.corruption import check_discovery, load_manifest
+        from remflow.data.datasets import load_splits
+        from remflow.data.task import make_task
+        from remflow.io import read_json
+        from remflow.metrics import evaluate_model
+        from remflow.models import load_model
+        from remflow.params import load_params
+
+        p = load_params(params or self.params)
+        rec = read_json(Path(run_dir) / "record.json", "run record")
+        inputs = {k: Path(v) if Path(v).is_absolute() else self.dir / v for k, v in rec["inputs"].items()
+                  if k in ("manifest", "discovery")}
+        device = torch.device("cpu")
+        if not hasattr(self, "_splits"):
+            self._splits = load_splits(p.data)
+        task = make_task(p.data, self._splits, device, load_manifest(inputs["manifest"], self._splits))
+        disc = check_discovery(read_json(inputs["discovery"], "discovery file"), task.manifest,
+                               str(inputs["discovery"]))
+        model, _ = load_model(Path(run_dir) / "model.safetensors", device)
+        return evaluate_model(model, task.with_discovered(disc["indices"]), p.runtime.eval_batch_size)

@@ -1,15 +1,20 @@
-"""REM's cost against retraining from scratch, side by side on the same cells and model.
+"""REM's cost against retraining from scratch, and REM's efficient mode, side by side on the same cells.
 
-For every cell of the default suite's grid (digits, small CNN) it runs, each in its own process as
-`dvc repro` does: Retrain, REM as the paper specifies it, and REM without the reuse of the reference's
-outputs (the step-cost cut of this project, for a before/after). It prints per-cell figures and the ratios:
-REM's unlearning time and peak memory as a fraction of Retrain's, and REM's peak parameter count (the widened
-model and its frozen reference) relative to the deployed model. A fourth column runs REM with
-`removal_pass: forget` (the repair's base-model pass on each batch's D_f samples only; a measured variant, not
-the paper's default).
+For every cell (regularity x discovery rate x seed) of a suite's grid it prepares the cell (corruption,
+pretraining, discovery; not timed), then runs, each in its own process as `dvc repro` does: Retrain, REM as the
+paper specifies it (`rem`) and REM's efficient mode (`rem_fast`, or the method named by --efficient). It prints
+per-cell unlearning time, peak memory above the process's starting level, peak parameters held at once over
+the deployed model's, and Utility x Healed (scored as the evaluate stage scores it), then the totals, the paired
+difference efficient - REM of Utility x Healed with a 95% bootstrap interval, and three closing lines:
 
-    python bench/rem_cost.py                 # all cells of the default grid
-    python bench/rem_cost.py --cells high:0.5,low:1.0
+    efficient/retrain time: X               (summed unlearning seconds; target <= 0.5)
+    efficient peak params / deployed: Y     (the largest over the cells; target <= 1.5)
+    efficient score / rem score: Z          (mean Utility x Healed over the cells; target >= 0.95)
+
+    python bench/rem_cost.py                                   # digits-full's cells, seeds 0 and 1
+    python bench/rem_cost.py --params pipelines/fashion-mnist/params.yaml --seeds 0,1
+    python bench/rem_cost.py --cells high:0.5,low:1.0 --seeds 0
+    python bench/rem_cost.py --set expand_last=2 --set patience=3   # a variant of the efficient mode
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cells import ROOT, Bench  # noqa: E402
@@ -26,46 +33,61 @@ from _cells import ROOT, Bench  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--params", default=str(ROOT / "pipelines/digits-full/params.yaml"))
     ap.add_argument("--cells", default=None, help="regularity:rate,... (default: the params' grid)")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    ap.add_argument("--efficient", default="rem_fast", help="the efficient method (default rem_fast)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the efficient method's config (YAML value), repeatable")
     args = ap.parse_args()
-    methods = {"none": {}, "retrain": {}, "rem": {}}
+    eff = args.efficient
+    eff_cfg = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    methods = {"none": {}, "retrain": {}, "rem": {}, eff: eff_cfg}
     bench = Bench(Path(args.params), {"methods": methods, "grid": {"methods": list(methods), "etd_methods": []}})
-    no_reuse = bench.variant("no-reuse", {"methods": {"rem": {"reuse_reference": False}}})
-    forget_pass = bench.variant("forget-pass", {"methods": {"rem": {"removal_pass": "forget"}}})
     grid = bench.raw["grid"]
+    seeds = [int(s) for s in args.seeds.split(",")]
     cells = ([(c.split(":")[0], float(c.split(":")[1])) for c in args.cells.split(",")] if args.cells else
              [(r, float(d)) for r in grid["regularities"] for d in grid["discovery_rates"]])
-    print(f"REM vs Retrain on {len(cells)} cells of {bench.raw['data']['dataset']} "
+    cells = [(r, d, s) for s in seeds for r, d in cells]
+    over = f" ({', '.join(args.set)})" if args.set else ""
+    print(f"Retrain, REM and {eff}{over} on {len(cells)} cells of {bench.raw['data']['dataset']} "
           f"({bench.raw['model']['name']} width {bench.raw['model']['width']}), one process per run")
-    print(f"{'cell':>12} | {'retrain s':>9} {'rem s':>7} {'rem/ret':>7} | {'rem (no reuse) s':>16} {'rem (forget pass) s':>19} | "
-          f"{'retrain MB':>10} {'rem MB':>7} | {'params peak/deployed':>20}")
+    names = ("retrain", "rem", eff)
+    print(f"{'cell':>16} | " + " | ".join(f"{n:>8} s {'MB':>6} {'P/dep':>5} {'UxH':>6}" for n in names))
     rows = []
-    for reg, rate in cells:
-        bench.unlearn("none", reg, rate)  # prepares the cell (pretraining is not timed)
-        ret = bench.unlearn("retrain", reg, rate)
-        rem = bench.unlearn("rem", reg, rate)
-        rem0 = bench.unlearn("rem", reg, rate, params=no_reuse, tag="-noreuse")
-        remf = bench.unlearn("rem", reg, rate, params=forget_pass, tag="-forgetpass")
-        rows.append((ret, rem, rem0, remf))
-        print(f"{reg + ' ' + str(rate):>12} | {ret['unlearn_seconds']:9.2f} {rem['unlearn_seconds']:7.2f} "
-              f"{rem['unlearn_seconds'] / ret['unlearn_seconds']:7.2f} | {rem0['unlearn_seconds']:16.2f} "
-              f"{remf['unlearn_seconds']:19.2f} | "
-              f"{ret['peak_memory_mb']:10.1f} {rem['peak_memory_mb']:7.1f} | "
-              f"{rem['params_peak'] / rem['params_deployed']:20.2f}")
-    t_ret = sum(r[0]["unlearn_seconds"] for r in rows)
-    t_rem = sum(r[1]["unlearn_seconds"] for r in rows)
-    t_rem0 = sum(r[2]["unlearn_seconds"] for r in rows)
-    t_remf = sum(r[3]["unlearn_seconds"] for r in rows)
-    mem = statistics.median(r[1]["peak_memory_mb"] / max(r[0]["peak_memory_mb"], 1e-9) for r in rows)
-    print(f"total seconds: retrain {t_ret:.1f}, rem {t_rem:.1f}, rem without reference reuse {t_rem0:.1f}")
-    print(f"rem/retrain time: {t_rem / t_ret:.2f}")
-    print(f"rem (removal_pass forget)/retrain time: {t_remf / t_ret:.2f}")
-    print(f"rem reference reuse speedup: {t_rem0 / t_rem:.2f}")
-    print(f"rem/retrain peak memory (median over cells): {mem:.2f}")
-    print(f"rem peak parameters / deployed: {rows[0][1]['params_peak'] / rows[0][1]['params_deployed']:.2f} "
-          f"(widened model {rows[0][1]['params_peak'] // 2} + frozen reference, deployed "
-          f"{rows[0][1]['params_deployed']})")
+    for reg, rate, seed in cells:
+        bench.unlearn("none", reg, rate, seed)  # prepares the cell: pretraining is not timed
+        row = {}
+        for n in names:
+            rec = bench.unlearn(n, reg, rate, seed)
+            row[n] = {**rec, "score": bench.score(Path(rec["dir"]))["score"]}
+        rows.append(row)
+        print(f"{f'{reg} {rate} s{seed}':>16} | " + " | ".join(
+            f"{row[n]['unlearn_seconds']:10.2f} {row[n]['peak_memory_mb']:6.1f} "
+            f"{row[n]['params_peak'] / row[n]['params_deployed']:5.2f} {100 * row[n]['score']:6.2f}" for n in names),
+            flush=True)
+    t = {n: sum(r[n]["unlearn_seconds"] for r in rows) for n in names}
+    sc = {n: statistics.mean(r[n]["score"] for r in rows) for n in names}
+    mem = {n: statistics.median(r[n]["peak_memory_mb"] / max(r["retrain"]["peak_memory_mb"], 1e-9) for r in rows)
+           for n in names}
+    pp = {n: max(r[n]["params_peak"] / r[n]["params_deployed"] for r in rows) for n in names}
+    print(f"total seconds: " + ", ".join(f"{n} {t[n]:.1f}" for n in names))
+    print(f"mean Utility x Healed: " + ", ".join(f"{n} {100 * sc[n]:.2f}" for n in names))
+    print(f"peak memory / retrain's (median over cells): " + ", ".join(f"{n} {mem[n]:.2f}" for n in names))
+    from remflow.report import bootstrap_mean_diff
+
+    for a, b in ((eff, "rem"), (eff, "retrain"), ("rem", "retrain")):
+        d = bootstrap_mean_diff([100 * r[a]["score"] for r in rows], [100 * r[b]["score"] for r in rows])
+        print(f"Utility x Healed {a} - {b}: {d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] over {d.pairs} pairs")
+    for reg in dict.fromkeys(r for r, _, _ in cells):
+        sub = [r for r, (rg, _, _) in zip(rows, cells) if rg == reg]
+        d = bootstrap_mean_diff([100 * r[eff]["score"] for r in sub], [100 * r["rem"]["score"] for r in sub])
+        print(f"  {reg}: {eff} - rem {d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] ({d.pairs} pairs)")
+    print(f"rem/retrain time: {t['rem'] / t['retrain']:.2f}")
+    print(f"rem peak params / deployed: {pp['rem']:.2f}")
+    print(f"efficient/retrain time: {t[eff] / t['retrain']:.2f}")
+    print(f"efficient peak params / deployed: {pp[eff]:.2f}")
+    print(f"efficient score / rem score: {sc[eff] / sc['rem']:.2f}")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from pydantic import Field, PositiveInt
 from remflow.losses import gradient_ascent, npo, npo_redirect, per_sample_ce
 from remflow.methods.base import MethodConfig, UnlearnContext, derive_seed, register
 from remflow.methods.forgetting import ReferenceCE, by_proxy, forget_phase
-from remflow.models.layers import SHARED_ID, Route, WidenableNet
+from remflow.models.layers import SHARED_ID, Route, Widenable, WidenableNet
 from remflow.train import Data, Phase, autocast
 
 
@@ -90,6 +90,17 @@ class RemConfig(MethodConfig):
     removal_pass: Literal["batch", "forget"] = Field(
         "batch", description="batch: the repair's base-model pass runs on the whole batch (the released code); "
         "forget: only on the batch's D_f samples (BatchNorm statistics from those; a third less work per step)")
+    # -- the efficient mode's switches (issue: REM that costs less than retraining); `rem_fast` combines them
+    expand_last: PositiveInt | None = Field(
+        None, description="add channels only to the model's last k channel groups (in forward order: the "
+        "blocks nearest the head, where the corruption is memorised); None: every group (the paper)")
+    frozen_reference: bool = Field(
+        True, description="keep a frozen copy of the expanded model as the reference (the paper); false: "
+        "tabulate the reference's per-sample outputs from the model itself before the first step and keep no "
+        "copy (exact without augmentation; with augmentation the table holds un-augmented views, measured)")
+    patience: PositiveInt | None = Field(
+        None, description="end the repair once the proxy has not improved for this many epochs (None: the "
+        "whole budget, the paper)")
 
 
 class RemNoRedirectConfig(RemConfig):
@@ -111,6 +122,18 @@ class RemGaConfig(RemConfig):
 class RemIdealConfig(RemConfig):
     method: Literal["rem_ideal"] = "rem_ideal"
     ideal: bool = True
+
+
+class RemFastConfig(RemConfig):
+    """The efficient mode, chosen by measurement (bench/rem_cost.py, docs/benchmarks.md): added channels in the
+    last channel group only, no frozen copy of the expanded model, the removal pass on D_f's samples only, and
+    the repair stopped when the proxy stops improving."""
+
+    method: Literal["rem_fast"] = "rem_fast"
+    expand_last: PositiveInt | None = 1
+    frozen_reference: bool = False
+    removal_pass: Literal["batch", "forget"] = "forget"
+    patience: PositiveInt | None = 2
 
 
 @dataclass
@@ -175,8 +198,8 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
         pre = ctx.params.pretrain
         steps = pre.epochs * task.num_batches(task.num_train, pre.batch_size)
         dormant = dormant_factor(pre, steps) if cfg.added_init == "dormant" else None
-        model.widen_(model.added_for_ratio(cfg.expansion_ratio), seed=derive_seed(ctx.seed, "rem-expand"),
-                     cross=cfg.cross_init, dormant=dormant)
+        model.widen_(added_channels(model, cfg.expansion_ratio, cfg.expand_last),
+                     seed=derive_seed(ctx.seed, "rem-expand"), cross=cfg.cross_init, dormant=dormant)
         model.to(ctx.device)
         if ctx.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
@@ -186,8 +209,12 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
                                                                     gen_bn))
             ctx.stats["dormant_factor"] = round(dormant, 6)
         keep, route_seed = cfg.keep, derive_seed(ctx.seed, "rem-masks")
-    ref = ctx.frozen_copy(model)
-    ctx.note_params(model, ref)
+    if cfg.frozen_reference:
+        ref = ctx.frozen_copy(model)
+        ctx.note_params(model, ref)
+    else:  # the model as unlearning finds it is the reference: tabulated below, before any step; no copy
+        ref = model
+        ctx.note_params(model)
     full_ref = cfg.reference == "full" and model.widened
 
     def route(batch) -> Route:
@@ -196,8 +223,12 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
     def route_ids(idx: torch.Tensor) -> torch.Tensor:
         return torch.where(is_forget[idx], torch.full_like(idx, SHARED_ID), idx)
 
-    ref_ce = ReferenceCE(ctx, ref, keep=keep, seed=route_seed, ids=route_ids if full_ref else None,
-                         reuse=cfg.reuse_reference, per_layer=per_layer)
+    if cfg.frozen_reference:
+        ref_ce = ReferenceCE(ctx, ref, keep=keep, seed=route_seed, ids=route_ids if full_ref else None,
+                             reuse=cfg.reuse_reference, per_layer=per_layer)
+    else:
+        ref_ce = tabulated_reference(ctx, model, keep=keep, seed=route_seed, ids=route_ids if full_ref else None,
+                                     per_layer=per_layer)
 
     forget_term = npo if cfg.forget_loss == "npo" else gradient_ascent
     gen = ctx.generator("rem-data")
@@ -246,11 +277,53 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
         return loss / len(batch.idx)  # the mean over the whole batch, as the released code takes it
 
     repair = Phase("repair", repair_loss, Data(task.num_batches(task.num_train, bs), repair_batches),
-                   recipe.epochs, recipe.schedule)
+                   recipe.epochs, recipe.schedule, until=None if cfg.patience is None else stalled("proxy", cfg.patience))
     # -- step 4's selection: an epoch must beat the original's proxy; otherwise `fallback` decides
     ctx.train(model, recipe, repair, nested=(flush,), select=by_proxy(ctx, forget, retain, cfg.gamma, cfg.fallback))
     ctx.stats.update(flushed=len(forget), forgotten=int(is_forget.sum()), added=dict(model.added))
     return RemResult(model, keep, route_seed, is_forget, per_layer)
+
+
+def added_channels(model: WidenableNet, ratio: float, last: int | None) -> dict[str, int]:
+    """Channels to add per group: `ratio` of its width, to every group or only the last `last` in forward order
+    (the order in which the model's layers first write each group)."""
+    added = model.added_for_ratio(ratio)
+    if last is not None:
+        order = list(dict.fromkeys(m.out_group for m in model.modules()
+                                   if isinstance(m, Widenable) and m.out_group in added))
+        added = {g: added[g] for g in order[-last:]}
+    return added
+
+
+def tabulated_reference(ctx: UnlearnContext, model: WidenableNet, **route) -> ReferenceCE:
+    """The reference's per-sample CE for every training sample, computed from `model` itself (in eval mode, as
+    the frozen copy would run) before unlearning changes it; no copy of the model is kept. With augmentation
+    the table holds the un-augmented views (an approximation: docs/benchmarks.md measures it)."""
+    t = ctx.task
+    was_training = model.training
+    model.eval()
+    try:
+        ref_ce = ReferenceCE(ctx, model, reuse=True, **route)
+        if ref_ce.table is None:  # augmented training data: tabulate the clean views
+            bs = ctx.params.runtime.eval_batch_size
+            with torch.no_grad():
+                ref_ce.table = torch.cat([
+                    per_sample_ce(ref_ce._forward(t.inputs(t.train_x[i], t.triggered[i], None), i), t.train_y[i])
+                    for i in (t.everything[s : s + bs] for s in range(0, t.num_train, bs))])
+    finally:
+        model.train(was_training)
+    ref_ce.ref = None  # the live model must never stand in for the reference once training starts
+    return ref_ce
+
+
+def stalled(score: str, patience: int):
+    """A phase's `until`: true once the last `patience` epochs' `score` has not beaten the best before them."""
+
+    def until(log) -> bool:
+        scores = [e[score] for e in log.epochs if score in e]
+        return len(scores) > patience and max(scores[-patience:]) <= max(scores[:-patience])
+
+    return until
 
 
 def dormant_factor(recipe, total: int) -> float:
@@ -286,5 +359,8 @@ register("rem_noremove", RemNoRemoveConfig, summary="REM ablation without the re
          "(step 3.2 off; code: NPOREMMOD)", reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
 register("rem_ga", RemGaConfig, summary="REM ablation with gradient ascent instead of NPO (code: REMMOD)",
          reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
+register("rem_fast", RemFastConfig, summary="REM's efficient mode: added channels in the last group only, no "
+         "frozen reference copy, removal pass on D_f only, repair stopped when the proxy stalls",
+         reference=_DOC + "; efficient mode: docs/benchmarks.md", uses_expansion=True)(unlearn)
 register("rem_ideal", RemIdealConfig, summary="REM told all of D_c (oracle upper bound, not a method; "
          "code: REMIDEAL)", reference=_DOC + " §6.2", uses_expansion=True, ablation=True)(unlearn)
