@@ -188,10 +188,13 @@ def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str,
         return {(r["regularity"], float(r["discovery_rate"]), int(r["seed"]), r.get("corruption", "")):
                 float(r[metric]) for r in rows if r["run"] == run}
 
+    def detected(run: str) -> bool:  # a detection-study run (D_f from a detector), not the oracle grid's
+        return any(r.get("discovery") not in (None, "", "oracle") for r in rows if r["run"] == run)
+
     ref = cells(reference)
     out: dict[str, dict[str, Paired]] = {}
     for run in runs_in_order(rows):
-        if run == reference:
+        if run == reference or detected(run) != detected(reference):
             continue
         mine = cells(run)
         keys = sorted(k for k in mine if k in ref)
@@ -517,7 +520,8 @@ def regularity_table(rows: list[dict]) -> Table:
                for c, _ in order] for run in runs]
     body = [[run] + [pct(v) for v in vals] for run, vals in zip(runs, values)]
     return Table("Utility×Healed (%) by corruption, least regular first (measured regularity in brackets)",
-                 ["Utility×Healed (%)"] + [f"{c} ({g:.2f})" for c, g in order], body, _best_cells(values),
+                 ["Utility×Healed (%)"] + [f"{c} ({g:.2f})" for c, g in order], body,
+                 {(i, j + 1) for i, j in _best_cells(values)},
                  note="regularity: remflow/detection/probe.py (0: the discovered half of D_c teaches nothing about "
                       "the rest; 1: all of it)")
 
@@ -585,19 +589,25 @@ def regularity_png(rows: list[dict]) -> bytes | None:
     if not order:
         return None
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=HEATMAP_DPI)
-    for run in runs_in_order(rows):
+    # one colour a method, one line style a discovery: oracle subset solid, flagged dashed, hits only dotted
+    runs = runs_in_order(rows)
+    base = {run: run.removesuffix("_det").removesuffix("_hits") for run in runs}
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(dict.fromkeys(base.values()))}
+    for run in runs:
+        style = ":" if run.endswith("_hits") else "--" if run.endswith("_det") else "-"
         pts = []
         for c, g in order:
             v = [float(r["score"]) for r in rows if r["run"] == run and r["corruption"] == c]
             if v:
                 pts.append((g, 100 * sum(v) / len(v)))
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run, linewidth=1)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run, linewidth=1.2,
+                    linestyle=style, color=colours[base[run]], markersize=4)
     ax.set_xlabel("measured regularity (remflow/detection/probe.py)")
     ax.set_ylabel("Utility × Healed (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.legend(fontsize=7, ncol=3, loc="best")
     fig.tight_layout()
     return _png(fig)
 

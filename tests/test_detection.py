@@ -237,3 +237,32 @@ def test_suites_pool_into_one_regularity_plot(tmp_path):
     r = CliRunner().invoke(app, ["evaluate", *paths, "--regularity-plot", str(out), "--format", "md"])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:4] == b"\x89PNG" and "a/backdoor" in r.output and "b/backdoor" in r.output
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_the_study_runs_under_dvc_repro(tmp_path):
+    import json
+
+    from conftest import TINY, make_dvc_repo
+
+    study = {"detection": {"corruptions": ["backdoor", "noise"], "budgets": [2.0], "methods": ["none", "finetune"],
+                           "specs": {"backdoor": {"kind": "backdoor"}, "noise": {"kind": "confusion"}}},
+             "grid": {"etd_methods": [], "pretrain_variants": ["standard"], "discovery_rates": [1.0]}}
+    repo = make_dvc_repo(tmp_path / "repo", merge(TINY, study))
+    ran = set(repo.ran_stages(repo.run("dvc", "repro")))
+    assert {"corrupt_x@backdoor-0", "pretrain_x@noise-0", "detect@backdoor-2.0-0",
+            "unlearn_x@finetune-noise-2.0-0-found", "unlearn_x@finetune-noise-2.0-0-hits", "evaluate"} <= ran
+    with open(repo.path / "reports" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    det = [r for r in rows if r["run"] == "finetune_det"]
+    assert {r["corruption"] for r in det} == {"backdoor", "noise"}
+    assert all(0 <= float(r["discovery_precision"]) <= 0.5 and r["regularity_score"] for r in det)  # budget 2
+    oracle = [r for r in rows if r["run"] == "finetune"]
+    assert all(float(r["discovery_precision"]) == 1.0 and r["discovery"] == "oracle" for r in oracle)
+    assert "What false positives cost" in (repo.path / "reports" / "results.md").read_text()
+    assert (repo.path / "reports" / "regularity.png").is_file()
+    assert json.loads(repo.run("dvc", "plots", "show", "--json").stdout)
+    assert repo.ran_stages(repo.run("dvc", "repro")) == []
