@@ -60,7 +60,7 @@ def make_repo(path: Path, params: dict) -> Path:
     with open(path / "params.yaml", "w") as f:
         _yaml().dump(params, f)
     from remflow.executor import codedeps
-    from remflow.params import load_params
+    from remflow.detection.loader import load_params
 
     codedeps.sync(path, load_params(path / "params.yaml"))
     _sh(path, "git", "init", "-q")

@@ -83,7 +83,8 @@ def guarded(fn: Callable) -> Callable:
 
 
 def _params(path: Path):
-    from remflow.params import load_params
+    # remflow.params' schema with the detection study's section (remflow/detection/loader.py says why apart)
+    from remflow.detection.loader import load_params
 
     return load_params(path)
 
@@ -146,6 +147,52 @@ def unlearn(
     stages.unlearn(_params(params), run, model, manifest, discovered, out)
 
 
+@app.command("corrupt-x")
+@guarded
+def corrupt_x(
+    corruption: Annotated[str, typer.Option(help="a corruption cell: a name under detection.specs")],
+    seed: Annotated[int, typer.Option(min=0, help="cell seed")],
+    out: Annotated[Path, typer.Option(help="manifest to write (JSON)")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Detection study: write the manifest of one named corruption cell (detection.specs)."""
+    from remflow.detection import stages as detection
+
+    detection.corrupt(_params(params), corruption, seed, out)
+
+
+@app.command()
+@guarded
+def detect(
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    model: Annotated[Path, typer.Option(help="the pretrained (corrupted) model the detector reads")],
+    budget: Annotated[float, typer.Option(help="samples to flag, as a multiple of |D_c|, in (0, 4]")],
+    out: Annotated[Path, typer.Option(help="flagged set to write (JSON)")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Detection study: flag D_f with the cell's detector (loss, cross_val or spectral) on the pretrained model."""
+    from remflow.detection import stages as detection
+
+    detection.detect(_params(params), manifest, model, budget, out)
+
+
+@app.command("unlearn-x")
+@guarded
+def unlearn_x(
+    run: Annotated[str, typer.Option("--run", "--method", help="the run: an entry of `methods:` in params")],
+    model: Annotated[Path, typer.Option(help="original model checkpoint")],
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    found: Annotated[Path, typer.Option(help="flagged set (a detect stage's output)")],
+    view: Annotated[str, typer.Option(help="found: D_f as flagged; hits: its true positives only")],
+    out: Annotated[Path, typer.Option(help="run folder for model.safetensors and record.json")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Detection study: run one unlearning method on a flagged D_f (false positives included, or not)."""
+    from remflow.detection import stages as detection
+
+    detection.unlearn(_params(params), run, model, manifest, found, view, out)
+
+
 class Format(str, Enum):
     table = "table"
     md = "md"
@@ -168,6 +215,9 @@ def evaluate(
                         help="print the tables of existing "
                         "results.csv files (no scoring, nothing written); repeat it to pool several runs of a "
                         "split grid")] = None,
+    regularity_plot: Annotated[Path | None, typer.Option(help="also write the PNG of every run's Utility x Healed "
+                               "against measured regularity, of these rows (with --from-csv: pooled over the "
+                               "files)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Score every run of the grid; write results.csv, metrics.json, tables and heatmaps; print the tables."""
@@ -176,7 +226,10 @@ def evaluate(
 
     if metric not in report.HEADLINE:
         raise RemflowError("unknown metric", key="--metric", got=metric, hint="one of " + ", ".join(report.HEADLINE))
-    if from_csv:
+    if from_csv and regularity_plot is not None and len(from_csv) > 1:
+        rows = report.read_suites(from_csv)  # pooled over suites: each file's corruptions named by its suite
+        p = None
+    elif from_csv:
         rows = report.read_results(from_csv)
         p = None
     else:
@@ -198,6 +251,14 @@ def evaluate(
                    "runs": len(rows), "params": Path(params).read_text()}
         report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
     report.render(rows, fmt.value, chosen, metric, _wide(), reference)
+    if regularity_plot is not None:
+        from remflow.io import atomic_write_bytes
+
+        png = report.regularity_png(rows)
+        if png is None:
+            raise RemflowError("no row has a measured regularity (results.csv files written before the probe)",
+                               key="--regularity-plot", hint="rerun their evaluate stage")
+        atomic_write_bytes(regularity_plot, png)
 
 
 @app.command()

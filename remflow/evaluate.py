@@ -8,12 +8,18 @@ from pathlib import Path
 from remflow.data.corruption import check_discovery, load_manifest
 from remflow.data.datasets import Splits, load_splits
 from remflow.data.task import Task, make_task
+from remflow.detection.probe import regularity_score
+from remflow.detection.stages import check_detection, view_indices
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
 from remflow.metrics import evaluate_model
 from remflow.models import load_model
-from remflow.config import ParamsBase
+from remflow.config import CORRUPTION_OF, ParamsBase
 from remflow.train import setup_runtime
+
+# a detection-study row's run label: `<run>_det` on D_f as the detector flagged it, `<run>_hits` on its true
+# positives alone (remflow/detection/)
+VIEW_SUFFIX = {"found": "_det", "hits": "_hits"}
 
 
 def run_label(run: str, pretrained: str) -> str:
@@ -38,6 +44,8 @@ def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, P
     found: dict[tuple, tuple[dict, Path]] = {}
     for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
         rec = read_json(rec_path, "run record")
+        if rec.get("study") == "detection":
+            continue
         try:
             key = (rec["run"], rec["pretrained"], rec["regularity"], float(rec["discovery_rate"]), int(rec["seed"]))
         except (KeyError, TypeError, ValueError):
@@ -53,14 +61,50 @@ def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, P
     return [found[c] for c in cells]
 
 
+def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
+    """(run, corruption, budget, seed, view) for every cell of the detection study, in table order."""
+    d = getattr(params, "detection", None)
+    if d is None:
+        return []
+    return [(run, corr, float(b), int(seed), view) for run in d.methods for view in d.views
+            for corr in d.corruptions for b in d.budgets for seed in params.grid.seeds]
+
+
+def collect_detection_runs(params, runs_dir: str | Path) -> list[tuple[dict, Path]]:
+    found: dict[tuple, tuple[dict, Path]] = {}
+    for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
+        rec = read_json(rec_path, "run record")
+        if rec.get("study") == "detection":
+            key = (rec["run"], rec["corruption"], float(rec["discovery_rate"]), int(rec["seed"]), rec["view"])
+            found[key] = (rec, rec_path.parent)
+    cells = expected_detection_cells(params)
+    missing = [c for c in cells if c not in found]
+    if missing:
+        run, corr, b, seed, view = missing[0]
+        raise RemflowError(f"{len(missing)} of {len(cells)} detection-study runs are missing, e.g. {run} on "
+                           f"{corr} budget {b:g} seed {seed} ({view})", key=str(runs_dir), hint="run `dvc repro` first")
+    return [found[c] for c in cells]
+
+
+def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict:
+    """How D_f stands against D_c: precision (share of D_f in D_c) and recall (share of D_c in D_f)."""
+    corrupted = set(manifest["indices"])
+    hits = len(set(discovered) & corrupted)
+    return {"discovery": label, "discovery_precision": round(hits / len(discovered), 6) if discovered else float("nan"),
+            "discovery_recall": round(hits / len(corrupted), 6)}
+
+
 def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Splits]:
     """Score every run of the grid: one row per run with the metrics of paper §5.1 and its costs."""
     device = setup_runtime(params.runtime)
     splits = load_splits(params.data)
     runs = collect_runs(params, runs_dir)
+    detection_runs = collect_detection_runs(params, runs_dir)
     tasks: dict[str, Task] = {}
+    regularity: dict[str, float] = {}
+    probe_seed = params.detection.seed if hasattr(params, "detection") else 0
     rows = []
-    for rec, folder in runs:
+    for rec, folder in runs + detection_runs:
         inputs = rec["inputs"]
         for what in ("manifest", "discovery"):
             if file_digest(inputs[what]) != inputs[f"{what}_sha"]:
@@ -68,13 +112,25 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
                                    got=inputs[what], hint="run `dvc repro`")
         if inputs["manifest"] not in tasks:
             tasks[inputs["manifest"]] = make_task(params.data, splits, device, load_manifest(inputs["manifest"], splits))
-        discovery = check_discovery(read_json(inputs["discovery"], "discovery file"),
-                                    tasks[inputs["manifest"]].manifest, inputs["discovery"])
-        task = tasks[inputs["manifest"]].with_discovered(discovery["indices"])
+            regularity[inputs["manifest"]] = regularity_score(tasks[inputs["manifest"]], seed=probe_seed)
+        manifest = tasks[inputs["manifest"]].manifest
+        if rec.get("study") == "detection":
+            found = check_detection(read_json(inputs["discovery"], "detection file"), manifest, len(splits.train_y),
+                                    inputs["discovery"])
+            discovered = view_indices(found["indices"], manifest, rec["view"])
+            label = run_label(rec["run"], "standard") + VIEW_SUFFIX[rec["view"]]
+            disc = discovery_columns(discovered, manifest,
+                                     found["detector"] + (":hits" if rec["view"] == "hits" else ""))
+        else:
+            discovered = check_discovery(read_json(inputs["discovery"], "discovery file"), manifest,
+                                         inputs["discovery"])["indices"]
+            label = run_label(rec["run"], rec["pretrained"])
+            disc = discovery_columns(discovered, manifest, "oracle")
+        task = tasks[inputs["manifest"]].with_discovered(discovered)
         model, _ = load_model(folder / "model.safetensors", device)
         scores = evaluate_model(model, task, params.runtime.eval_batch_size)
         rows.append({
-            "run": run_label(rec["run"], rec["pretrained"]),
+            "run": label,
             "method": rec["method"],
             "pretrained": rec["pretrained"],
             "regularity": rec["regularity"],
@@ -85,6 +141,9 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
             "peak_memory_mb": rec["peak_memory_mb"],
             "params_deployed": rec["params_deployed"],
             "params_peak": rec["params_peak"],
+            "corruption": manifest.get("corruption", CORRUPTION_OF[rec["regularity"]]),
+            **disc,
+            "regularity_score": round(regularity[inputs["manifest"]], 6),
             "details": rec.get("stats", {}),
         })
     return rows, splits

@@ -22,24 +22,36 @@ STAGE_READS: dict[str, set[str]] = {
     "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
     "discover": set(),
     "unlearn": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
-    "evaluate": {"data", "grid", *RUNTIME_RESULT_KEYS, "evaluate"},
+    "evaluate": {"data", "grid", *RUNTIME_RESULT_KEYS, "evaluate", "detection"},
+    # the detection study (remflow/detection/)
+    "corrupt-x": {"data", "corruption", "detection.specs.<corruption>"},
+    "detect": {"data", *RUNTIME_RESULT_KEYS, "detection.specs.<corruption>", "detection.detectors",
+               "detection.seed"},
+    "unlearn-x": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
 }
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
+_SPEC_KEY = re.compile(r"^detection\.specs\.\$\{item\.\w+\}$")
 _GRID_REF = re.compile(r"\$\{grid\.(\w+)\}")
+
+
+def _key(entry: str) -> str:
+    if _METHOD_KEY.match(entry):
+        return "methods.<run>"
+    return "detection.specs.<corruption>" if _SPEC_KEY.match(entry) else entry
 
 
 def _declared(params_list, stage: str, dvc_path: Path) -> set[str]:
     keys = set()
     for entry in params_list or []:
         if isinstance(entry, str):
-            keys.add("methods.<run>" if _METHOD_KEY.match(entry) else entry)
+            keys.add(_key(entry))
         elif isinstance(entry, dict):
             for file, sub in entry.items():
                 if file not in ("params.yaml",):
                     raise RemflowError(f"stage '{stage}' tracks params of another file ({file})", key=str(dvc_path),
                                        hint="remflow stages read params.yaml only")
                 for k in sub or []:
-                    keys.add("methods.<run>" if _METHOD_KEY.match(k) else k)
+                    keys.add(_key(k))
     return keys
 
 
@@ -53,7 +65,7 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
         body = stage.get("do", stage) if isinstance(stage, dict) else {}
         cmd = body.get("cmd", "")
         cmd = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
-        m = re.search(r"\bremflow\s+(\w+)", cmd)
+        m = re.search(r"\bremflow\s+([\w-]+)", cmd)
         if not m:
             continue
         command = m.group(1)
@@ -63,7 +75,8 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
         expected = STAGE_READS[command]
         missing, extra = sorted(expected - declared), sorted(declared - expected)
         if missing or extra:
-            show = lambda ks: ", ".join(k.replace("<run>", "${item.method}") for k in ks)  # noqa: E731
+            show = lambda ks: ", ".join(k.replace("<run>", "${item.method}").replace(  # noqa: E731
+                "<corruption>", "${item.corruption}") for k in ks)
             parts = []
             if missing:
                 parts.append(f"lacks {show(missing)} (a change there would not rerun it)")

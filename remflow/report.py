@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from remflow.config import REGULARITIES
+from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
 
 COLUMNS = ["run", "method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",
-           "params_peak", "details"]
+           "params_peak", "corruption", "discovery", "discovery_precision", "discovery_recall", "regularity_score",
+           "details"]
 HEADLINE = ("healed", "utility", "score")
 TITLES = {"healed": "Healed", "utility": "Utility", "score": "Utility×Healed", "healed_test": "Healed (test)",
           "forget_acc": "Acc(D_f)", "unlearn_seconds": "seconds"}
@@ -38,7 +39,8 @@ DEFAULT_REFERENCE = "rem"
 CONFIDENCE = 0.95
 RESAMPLES = 9999
 _NUMERIC = {"discovery_rate", "healed", "utility", "score", "healed_test", "forget_acc", "unlearn_seconds",
-            "peak_memory_mb", "params_deployed", "params_peak", "seed"}
+            "peak_memory_mb", "params_deployed", "params_peak", "seed", "discovery_precision", "discovery_recall",
+            "regularity_score"}
 
 
 def rate_key(rate: float) -> str:
@@ -183,13 +185,16 @@ def pick_reference(rows: list[dict], wanted: str | None = None) -> str:
 def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str, dict[str, Paired]]:
     """run -> {"all" | regularity -> Paired} of `metric` against `reference` over the same cells and seeds."""
     def cells(run: str) -> dict[tuple, float]:
-        return {(r["regularity"], float(r["discovery_rate"]), int(r["seed"])): float(r[metric])
-                for r in rows if r["run"] == run}
+        return {(r["regularity"], float(r["discovery_rate"]), int(r["seed"]), r.get("corruption", "")):
+                float(r[metric]) for r in rows if r["run"] == run}
+
+    def detected(run: str) -> bool:  # a detection-study run (D_f from a detector), not the oracle grid's
+        return any(r.get("discovery") not in (None, "", "oracle") for r in rows if r["run"] == run)
 
     ref = cells(reference)
     out: dict[str, dict[str, Paired]] = {}
     for run in runs_in_order(rows):
-        if run == reference:
+        if run == reference or detected(run) != detected(reference):
             continue
         mine = cells(run)
         keys = sorted(k for k in mine if k in ref)
@@ -291,7 +296,15 @@ def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Tab
 def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> list[Table]:
     """What `remflow evaluate` prints: each headline metric by regularity, the paired comparison, a taxonomy."""
     return ([metric_table(rows, m) for m in HEADLINE] + [paired_table(rows, reference)]
-            + [taxonomy_table(rows, run, metric)])
+            + [taxonomy_table(rows, run, metric)] + detection_tables(rows))
+
+
+def detection_tables(rows: list[dict]) -> list[Table]:
+    """Measured regularity, and the detection study's tables where a detector flagged D_f (none otherwise)."""
+    out = [regularity_table(rows)] if corruptions_by_regularity(rows) else []
+    if any(r.get("discovery") not in (None, "oracle") for r in rows):
+        out += [discovery_table(rows), false_positive_table(rows)]
+    return out
 
 
 def to_markdown(t: Table) -> str:
@@ -378,6 +391,10 @@ def read_csv(path: str | Path) -> list[dict]:
                 row[k] = float(row[k]) if row[k] not in ("", None) else float("nan")
             row["seed"] = int(row["seed"])
             row["details"] = json.loads(row["details"]) if row.get("details") else {}
+            if not row.get("discovery"):  # written before the detection study: oracle discovery, nothing measured
+                row.update(corruption=CORRUPTION_OF.get(row["regularity"], row["regularity"]), discovery="oracle",
+                           discovery_precision=1.0, discovery_recall=row["discovery_rate"],
+                           regularity_score=float("nan"))
             rows.append(row)
     return rows
 
@@ -400,15 +417,26 @@ def read_results(paths: list[Path]) -> list[dict]:
             raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(path),
                                hint="pass a reports/results.csv written by `remflow evaluate`") from None
         for r in part:
-            key = (r["run"], r["regularity"], r["discovery_rate"], r["seed"])
+            key = (r["run"], r["regularity"], r["corruption"], r["discovery_rate"], r["seed"])
             if key in seen:
                 raise RemflowError(f"the same run is in two results files: {seen[key]} and {path}", key=str(path),
-                                   got=f"{key[0]} {key[1]} rate {key[2]:g} seed {key[3]}",
+                                   got=f"{key[0]} {key[2]} rate {key[3]:g} seed {key[4]}",
                                    hint="pool files of disjoint grids (other seeds, regularities or rates)")
             seen[key] = path
         rows += part
     return rows
 
+
+
+def read_suites(paths: list[Path]) -> list[dict]:
+    """The rows of several suites' results.csv files, pooled: each file's corruptions renamed `<suite>/<name>`
+    (the suite: the folder that holds reports/), so the same cell of two suites stays two cells."""
+    rows = []
+    for path in paths:
+        suite = path.resolve().parent.parent.name
+        for r in read_results([path]):
+            rows.append({**r, "corruption": f"{suite}/{r['corruption']}"})
+    return rows
 
 def _check_csv_shape(path: Path) -> None:
     """Every line of a results CSV has the header's number of fields (a cut or hand-edited file does not)."""
@@ -441,13 +469,147 @@ def write_reports(rows: list[dict], reports: str | Path, metrics_path: str | Pat
     md += [f"## Paired: {TITLES['score']} against {reference}", "", to_markdown(paired_table(rows, reference))]
     for metric in HEADLINE:
         md += [f"## Taxonomy: {TITLES[metric]} of {run}", "", to_markdown(taxonomy_table(rows, run, metric))]
+    md += detection_markdown(rows)
     if "params" in context:
         md += ["## Parameters", "", "```yaml", context["params"].rstrip(), "```", ""]
     atomic_write_text(reports / "results.md", "\n".join(md))
     written["markdown"] = reports / "results.md"
     if heatmaps:
         written.update(write_heatmaps(rows, reports / "heatmaps"))
+        png = regularity_png(rows)
+        if png is not None:
+            atomic_write_bytes(reports / "regularity.png", png)
+            written["regularity"] = reports / "regularity.png"
     return written
+
+
+def detection_markdown(rows: list[dict]) -> list[str]:
+    """The sections of the measured regularity and, where a detector flagged D_f, of the detection study."""
+    headings = {"Utility×Healed (%) by": "Utility×Healed against measured regularity",
+                "precision / recall": "Discovery by detectors: precision and recall",
+                "what false positives": "What false positives cost"}
+    md = []
+    for t in detection_tables(rows):
+        md += ["## " + next(h for k, h in headings.items() if t.title.startswith(k)), "", to_markdown(t)]
+        if t.title.startswith("Utility×Healed (%) by"):
+            md += ["![Utility x Healed against measured regularity](regularity.png)", ""]
+    return md
+
+
+# ---------------------------------------------------------------- the detection study and measured regularity
+
+
+def _finite(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def corruptions_by_regularity(rows: list[dict]) -> list[tuple[str, float]]:
+    """(corruption, measured regularity: mean over its seeds' manifests), least regular first."""
+    by: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if _finite(r.get("regularity_score")):
+            by[r["corruption"]][int(r["seed"])] = float(r["regularity_score"])
+    return sorted(((c, sum(v.values()) / len(v)) for c, v in by.items()), key=lambda t: t[1])
+
+
+def regularity_table(rows: list[dict]) -> Table:
+    """Runs x corruptions in order of measured regularity: Utility x Healed, mean over rates, budgets, seeds."""
+    order = corruptions_by_regularity(rows)
+    runs = runs_in_order(rows)
+    values = [[mean_sem([float(r["score"]) for r in rows if r["run"] == run and r["corruption"] == c])[0]
+               for c, _ in order] for run in runs]
+    body = [[run] + [pct(v) for v in vals] for run, vals in zip(runs, values)]
+    return Table("Utility×Healed (%) by corruption, least regular first (measured regularity in brackets)",
+                 ["Utility×Healed (%)"] + [f"{c} ({g:.2f})" for c, g in order], body,
+                 {(i, j + 1) for i, j in _best_cells(values)},
+                 note="regularity: remflow/detection/probe.py (0: the discovered half of D_c teaches nothing about "
+                      "the rest; 1: all of it)")
+
+
+def discovery_table(rows: list[dict]) -> Table:
+    """Per detected corruption and budget: the detector's precision / recall of D_f against D_c (%)."""
+    found = [r for r in rows if r.get("discovery") not in (None, "oracle") and not r["discovery"].endswith(":hits")]
+    order = [c for c, _ in corruptions_by_regularity(found)] or sorted({r["corruption"] for r in found})
+    budgets = rates_of(found)
+    body = []
+    for c in order:
+        of = [r for r in found if r["corruption"] == c]
+        cells = []
+        for b in budgets:
+            at = {(int(r["seed"])): r for r in of if float(r["discovery_rate"]) == b}  # one per seed
+            p = mean_sem([float(r["discovery_precision"]) for r in at.values()])[0]
+            rc = mean_sem([float(r["discovery_recall"]) for r in at.values()])[0]
+            cells.append(f"{pct(p)} / {pct(rc)}")
+        body.append([c, of[0]["discovery"]] + cells)
+    return Table("precision / recall (%) of the flagged D_f against D_c, per budget (× |D_c| flagged)",
+                 ["corruption", "detector"] + [f"budget {b:g}" for b in budgets], body, right=False)
+
+
+def false_positive_table(rows: list[dict]) -> Table:
+    """Per run: Utility x Healed on D_f as flagged and on its true positives alone, and the paired difference
+    (what the false positives cost) with its 95% bootstrap interval."""
+    body, bold = [], set()
+    for run in runs_in_order(rows):
+        if not run.endswith("_det"):
+            continue
+        base = run[: -len("_det")]
+
+        def cells(label):
+            return {(r["corruption"], float(r["discovery_rate"]), int(r["seed"])): r for r in rows if r["run"] == label}
+
+        det, hits = cells(run), cells(base + "_hits")
+        keys = sorted(k for k in det if k in hits)
+        if not keys:
+            continue
+        line = [base, str(len(keys))]
+        for metric in HEADLINE:
+            p = bootstrap_mean_diff([float(det[k][metric]) for k in keys], [float(hits[k][metric]) for k in keys])
+            if metric == "score":
+                line += [pct(mean_sem([float(det[k]["score"]) for k in keys])[0]),
+                         pct(mean_sem([float(hits[k]["score"]) for k in keys])[0])]
+            if p.excludes_zero:
+                bold.add((len(body), len(line)))
+            line.append(paired_text(p))
+        body.append(line)
+    return Table("what false positives cost: flagged D_f minus its true positives alone, over the same cells",
+                 ["run", "pairs", "Healed (points)", "Utility (points)", "U×H flagged (%)", "U×H hits only (%)",
+                  "U×H (points)"], body, bold, mark="*",
+                 note="*, bold: the 95% paired bootstrap interval excludes 0 (scipy.stats.bootstrap, BCa, seed 0)")
+
+
+def regularity_png(rows: list[dict]) -> bytes | None:
+    """Each run's Utility x Healed (mean over rates, budgets and seeds of a corruption) against the corruption's
+    measured regularity; one line a run. None when no row has a measured regularity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = corruptions_by_regularity(rows)
+    if not order:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=HEATMAP_DPI)
+    # one colour a method, one line style a discovery: oracle subset solid, flagged dashed, hits only dotted
+    runs = runs_in_order(rows)
+    base = {run: run.removesuffix("_det").removesuffix("_hits") for run in runs}
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(dict.fromkeys(base.values()))}
+    for run in runs:
+        style = ":" if run.endswith("_hits") else "--" if run.endswith("_det") else "-"
+        pts = []
+        for c, g in order:
+            v = [float(r["score"]) for r in rows if r["run"] == run and r["corruption"] == c]
+            if v:
+                pts.append((g, 100 * sum(v) / len(v)))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run, linewidth=1.2,
+                    linestyle=style, color=colours[base[run]], markersize=4)
+    ax.set_xlabel("measured regularity (remflow/detection/probe.py)")
+    ax.set_ylabel("Utility × Healed (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="best")
+    fig.tight_layout()
+    return _png(fig)
 
 
 # ---------------------------------------------------------------- heatmaps

@@ -39,7 +39,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def make_params(over: dict | None = None):
-    from remflow.params import validate
+    from remflow.detection.loader import validate
 
     data = merge(root_params(), over or {})
     if THREADS:
@@ -164,8 +164,8 @@ class DvcRepo:
 
 def sync_method_code(path: Path) -> None:
     """method-code/<run>/: the links to the method modules each run executes (its unlearn cells' code deps)."""
+    from remflow.detection.loader import load_params
     from remflow.executor import codedeps
-    from remflow.params import load_params
 
     codedeps.sync(path, load_params(path / "params.yaml"))
 

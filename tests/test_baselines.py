@@ -8,8 +8,9 @@ import torch
 
 from conftest import make_params
 from remflow import stages
+from remflow.detection.loader import validate
 from remflow.models import load_model
-from remflow.params import ParamsError, validate
+from remflow.params import ParamsError
 
 BASELINES = ("ga", "npo", "neggrad_plus", "scrub", "bad_teacher", "salun", "ssd", "potion")
 

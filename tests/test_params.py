@@ -6,7 +6,8 @@ import pytest
 
 from conftest import ROOT, make_params, merge, root_params
 from remflow.errors import RemflowError
-from remflow.params import ParamsError, load_params, read_yaml, validate
+from remflow.detection.loader import load_params, validate
+from remflow.params import ParamsError, read_yaml
 
 
 def problems(raw: dict) -> list[tuple[str, str, str]]:

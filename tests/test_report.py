@@ -44,7 +44,7 @@ def rows(tmp_path):
                   "seed": seed, "healed": h, "utility": u, "score": h * u, "healed_test": h, "forget_acc": 1 - h,
                   "unlearn_seconds": 1.5, "peak_memory_mb": 10, "params_deployed": 100, "params_peak": 400,
                   "details": ""}
-        text += ",".join(str(values[c]) for c in report.COLUMNS) + "\n"
+        text += ",".join(str(values.get(c, "")) for c in report.COLUMNS) + "\n"
     path = tmp_path / "results.csv"
     path.write_text(text)
     return report.read_csv(path)
@@ -182,7 +182,7 @@ def paired_rows(tmp_path, runs=("rem", "better", "same", "noisy")):
                       "discovery_rate": rate, "seed": seed, "healed": scores[run], "utility": 1.0,
                       "score": scores[run], "healed_test": 0, "forget_acc": 0, "unlearn_seconds": 1,
                       "peak_memory_mb": 1, "params_deployed": 1, "params_peak": 1, "details": ""}
-            text += ",".join(str(values[c]) for c in report.COLUMNS) + "\n"
+            text += ",".join(str(values.get(c, "")) for c in report.COLUMNS) + "\n"
     path = tmp_path / "paired.csv"
     path.write_text(text)
     return path

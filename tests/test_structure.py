@@ -97,8 +97,8 @@ def _models_in(tp) -> list[type[BaseModel]]:
 
 def schema_keys() -> set[tuple[str, ...]]:
     """Every key path of the params schema, through nested sections, unions and every method's config."""
+    from remflow.detection.loader import schema
     from remflow.methods import REGISTRY
-    from remflow.params import schema
 
     seen: set[tuple[str, ...]] = set()
 

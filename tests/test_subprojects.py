@@ -10,7 +10,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from remflow.executor import codedeps
-from remflow.params import load_params
+from remflow.detection.loader import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = sorted(p.name for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").is_file())
@@ -86,7 +86,7 @@ def test_a_cell_depends_on_its_own_method_modules_only():
 def test_a_renamed_run_links_its_method_module(tmp_path):
     (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
     p = load_params(ROOT / "params.yaml").model_copy()
-    from remflow.params import validate
+    from remflow.detection.loader import validate
 
     raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     raw["methods"]["rem_keep05"] = {"method": "rem"}

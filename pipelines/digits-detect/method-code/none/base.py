@@ -1,0 +1,1 @@
+../../../../remflow/methods/base.py
