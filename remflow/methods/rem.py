@@ -97,7 +97,8 @@ class RemConfig(MethodConfig):
     frozen_reference: bool = Field(
         True, description="keep a frozen copy of the expanded model as the reference (the paper); false: "
         "tabulate the reference's per-sample outputs from the model itself before the first step and keep no "
-        "copy (exact without augmentation; with augmentation the table holds un-augmented views, measured)")
+        "copy (exact without augmentation; with augmentation the table holds un-augmented views, an "
+        "approximation not yet measured)")
     patience: PositiveInt | None = Field(
         None, description="end the repair once the proxy has not improved for this many epochs (None: the "
         "whole budget, the paper)")
@@ -298,7 +299,7 @@ def added_channels(model: WidenableNet, ratio: float, last: int | None) -> dict[
 def tabulated_reference(ctx: UnlearnContext, model: WidenableNet, **route) -> ReferenceCE:
     """The reference's per-sample CE for every training sample, computed from `model` itself (in eval mode, as
     the frozen copy would run) before unlearning changes it; no copy of the model is kept. With augmentation
-    the table holds the un-augmented views (an approximation: docs/benchmarks.md measures it)."""
+    the table holds the un-augmented views (an approximation, not yet measured)."""
     t = ctx.task
     was_training = model.training
     model.eval()
