@@ -39,26 +39,39 @@ def expected_cells(params: ParamsBase) -> list[tuple[str, str, str, float, int]]
     return cells
 
 
-def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, Path]]:
-    """The run records of the current grid; stale runs of removed cells are ignored, missing ones refused."""
+def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tuple[dict, Path]]:
+    """The run records of `cells` under `runs_dir`, in their order: `key(rec)` names a record's cell (None: not
+    of this grid); stale records of removed cells are ignored, a missing one is refused (`describe(cell)`)."""
     found: dict[tuple, tuple[dict, Path]] = {}
     for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
         rec = read_json(rec_path, "run record")
+        k = key(rec, rec_path)
+        if k is not None:
+            found[k] = (rec, rec_path.parent)
+    missing = [c for c in cells if c not in found]
+    if missing:
+        raise RemflowError(f"{len(missing)} of {len(cells)} {describe(missing[0])}", key=str(runs_dir),
+                           hint="run `dvc repro` first")
+    return [found[c] for c in cells]
+
+
+def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, Path]]:
+    """The run records of the current grid; stale runs of removed cells are ignored, missing ones refused."""
+
+    def key(rec, rec_path):
         if rec.get("study") == "detection":
-            continue
+            return None
         try:
-            key = (rec["run"], rec["pretrained"], rec["regularity"], float(rec["discovery_rate"]), int(rec["seed"]))
+            return (rec["run"], rec["pretrained"], rec["regularity"], float(rec["discovery_rate"]), int(rec["seed"]))
         except (KeyError, TypeError, ValueError):
             raise RemflowError("run record lacks its cell identity", key=str(rec_path),
                                hint="delete the run folder and rerun dvc repro") from None
-        found[key] = (rec, rec_path.parent)
-    cells = expected_cells(params)
-    missing = [c for c in cells if c not in found]
-    if missing:
-        run, var, reg, rate, seed = missing[0]
-        raise RemflowError(f"{len(missing)} of {len(cells)} runs are missing, e.g. {run_label(run, var)} "
-                           f"{reg} rate {rate} seed {seed}", key=str(runs_dir), hint="run `dvc repro` first")
-    return [found[c] for c in cells]
+
+    def describe(cell):
+        run, var, reg, rate, seed = cell
+        return f"runs are missing, e.g. {run_label(run, var)} {reg} rate {rate} seed {seed}"
+
+    return _collect(runs_dir, expected_cells(params), key, describe)
 
 
 def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
@@ -71,19 +84,16 @@ def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
 
 
 def collect_detection_runs(params, runs_dir: str | Path) -> list[tuple[dict, Path]]:
-    found: dict[tuple, tuple[dict, Path]] = {}
-    for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
-        rec = read_json(rec_path, "run record")
-        if rec.get("study") == "detection":
-            key = (rec["run"], rec["corruption"], float(rec["discovery_rate"]), int(rec["seed"]), rec["view"])
-            found[key] = (rec, rec_path.parent)
-    cells = expected_detection_cells(params)
-    missing = [c for c in cells if c not in found]
-    if missing:
-        run, corr, b, seed, view = missing[0]
-        raise RemflowError(f"{len(missing)} of {len(cells)} detection-study runs are missing, e.g. {run} on "
-                           f"{corr} budget {b:g} seed {seed} ({view})", key=str(runs_dir), hint="run `dvc repro` first")
-    return [found[c] for c in cells]
+    def key(rec, _):
+        if rec.get("study") != "detection":
+            return None
+        return (rec["run"], rec["corruption"], float(rec["discovery_rate"]), int(rec["seed"]), rec["view"])
+
+    def describe(cell):
+        run, corr, b, seed, view = cell
+        return f"detection-study runs are missing, e.g. {run} on {corr} budget {b:g} seed {seed} ({view})"
+
+    return _collect(runs_dir, expected_detection_cells(params), key, describe)
 
 
 def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict:

@@ -227,3 +227,15 @@ def test_evaluate_reports_the_paired_comparison_in_every_format(tmp_path):
     no_rem = paired_rows(tmp_path, runs=("same", "better"))
     r = runner.invoke(app, ["evaluate", "--from-csv", str(no_rem), "--format", "json"])
     assert json.loads(r.output)["paired"]["reference"] == "same"
+
+
+def test_a_missing_run_is_refused_with_the_cell_it_lacks(tmp_path, digits_params):
+    import pytest
+
+    from remflow.errors import RemflowError
+    from remflow.evaluate import collect_runs, expected_cells
+
+    with pytest.raises(RemflowError) as e:
+        collect_runs(digits_params, tmp_path)
+    n = len(expected_cells(digits_params))
+    assert f"{n} of {n} runs are missing" in str(e.value)
