@@ -108,7 +108,8 @@ def final_row(params, task_of, model_path, run, cell) -> dict:
     mem, heal = shares(t, net, du)
     dfm, dfh = shares(t, net, t.forget)
     return {**cell, "run": run, "phase": "final", "epoch": None, "flush_round": None, "du_memorised": round(mem, 6),
-            "du_healed": round(heal, 6), "df_memorised": round(dfm, 6), "df_healed": round(dfh, 6), "retain_acc": None, "proxy": None,
+            "du_healed": round(heal, 6), "df_memorised": round(dfm, 6), "df_healed": round(dfh, 6),
+            "retain_acc": None, "proxy": None,
             "n_du": len(du), "n_df": len(t.forget)}
 
 
@@ -178,7 +179,8 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["regularity"], float(r["discovery_rate"])), []).append(r)
     out = ["| cell (seeds pooled) | D_u memorised: before | once the first flush stopped | after a repair epoch "
-           "(mean of all) | D_f memorised after a repair epoch (mean of all) | D_u healed: REM | Retrain | corrupted model | D_f healed: REM |",
+           "(mean of all) | D_f memorised after a repair epoch (mean of all) | D_u healed: REM | Retrain | "
+           "corrupted model | D_f healed: REM |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (reg, rate), rs in groups.items():
         def mean(sel, key):
