@@ -16,8 +16,8 @@ DETECTORS = ("loss", "cross_val", "spectral")
 # the regularity family each kind is scored as (metrics.py): which Utility, which test-time face
 FAMILY = {"backdoor": "high", "blend": "high", "interclass": "medium", "random_labels": "low", "confusion": "low"}
 # the detector a kind gets when its spec names none: features for a trigger, held-out confidence for labels
-DEFAULT_DETECTOR = {"backdoor": "spectral", "blend": "spectral", "interclass": "cross_val", "random_labels": "cross_val",
-                    "confusion": "cross_val"}
+DEFAULT_DETECTOR = {"backdoor": "spectral", "blend": "spectral", "interclass": "cross_val",
+                    "random_labels": "cross_val", "confusion": "cross_val"}
 
 
 class _Spec(Strict):
