@@ -331,12 +331,15 @@ def run(
     batch: Annotated[int, typer.Option(min=1, help="most finished stages per lock-file write")] = 64,
     dry: Annotated[bool, typer.Option("--dry", help="list the changed stages, run nothing")] = False,
     sync: Annotated[bool, typer.Option("--sync", help="only refresh method-code/ from params' methods:")] = False,
+    commit: Annotated[bool, typer.Option("--commit", help="run nothing: record the changed stages' present outputs "
+                                         "under their current deps (`dvc commit`, one lock write); only for a "
+                                         "change known to leave the outputs as they are")] = False,
 ):
     """Run the suite's changed DVC stages in parallel on Ray workers; commit them to DVC in batches."""
     from remflow.executor.cli import run_command
 
     raise typer.Exit(run_command(Path("."), address=address, cpus=cpus, gpus=gpus, workers=workers, batch=batch,
-                                 dry=dry, sync=sync))
+                                 dry=dry, sync=sync, commit=commit))
 
 
 def main() -> None:

@@ -107,6 +107,59 @@ def test_new_corruptions_fill_the_axis(digits_params, splits):
     assert (np.asarray(conf["labels"]) == partner[true]).all() and (partner != np.arange(len(partner))).all()
 
 
+def test_a_blended_trigger_mixes_a_fixed_pattern_into_the_whole_image(digits_params, splits):
+    from remflow.data.corruption import check_manifest
+    from remflow.errors import RemflowError
+
+    m = named_manifest(digits_params, splits, "blend", alpha=0.2)
+    full = named_manifest(digits_params, splits, "backdoor")
+    # the named backdoor's samples and target, another trigger
+    assert (m["indices"], m["labels"], m["regularity"]) == (full["indices"], full["labels"], "high")
+    assert m["trigger"]["kind"] == "blend" and "size" not in m["trigger"]
+    task = task_of(digits_params, splits, m)
+    idx = task.corrupted[:8]
+    clean = task.inputs(task.train_x[idx], None, None)
+    on = task.inputs(task.train_x[idx], task.triggered[idx], None)
+    pattern = task.trigger.pattern
+    assert torch.allclose(on, 0.8 * clean + 0.2 * pattern, atol=1e-6)
+    changed = (on - clean).abs() > 1e-6
+    assert changed.float().mean() > 0.9  # the whole image, not a corner patch
+    off = task.inputs(task.train_x[idx], torch.zeros(8, dtype=torch.bool), None)
+    assert torch.equal(off, clean)
+    # the same pattern in every stage that rebuilds the task; another seed, another pattern
+    assert torch.equal(task_of(digits_params, splits, m).trigger.pattern, pattern)
+    other = dict(m, trigger={**m["trigger"], "pattern_seed": m["trigger"]["pattern_seed"] + 1})
+    assert not torch.equal(task_of(digits_params, splits, other).trigger.pattern, pattern)
+    for bad in ({**m["trigger"], "alpha": 0}, {k: v for k, v in m["trigger"].items() if k != "pattern_seed"}):
+        with pytest.raises(RemflowError, match="trigger"):
+            check_manifest(dict(m, trigger=bad), splits, "m.json")
+
+
+def test_a_model_learns_the_blended_trigger_and_the_probe_places_it_above_interclass(tmp_path, digits_params,
+                                                                                     splits):
+    from remflow import stages
+    from remflow.detection.probe import regularity_score
+    from remflow.io import write_json
+    from remflow.models import load_model
+    from remflow.train import predict
+
+    m = named_manifest(digits_params, splits, "blend", alpha=0.2)
+    write_json(tmp_path / "m.json", m)
+    stages.pretrain(digits_params, tmp_path / "m.json", tmp_path / "pre", "standard")
+    net, _ = load_model(tmp_path / "pre" / "model.safetensors")
+    task = task_of(digits_params, splits, m)
+    target = m["trigger"]["target"]
+    other = task.test_y != target
+    x, on = task.triggered_test()
+    attack = float((predict(net, task, x[other], on[other]) == target).float().mean())
+    plain = float((predict(net, task, x[other]) == target).float().mean())
+    # measured 0.99 and 0.003 at fixture seed 0: the blend is learned as a trigger, clean images keep their class
+    assert attack > 0.6 and plain < 0.1, (attack, plain)
+    blend = regularity_score(task)
+    swap = regularity_score(task_of(digits_params, splits, named_manifest(digits_params, splits, "interclass")))
+    assert blend > swap + 0.1, (blend, swap)  # measured 0.59 against 0.24
+
+
 def test_the_probe_orders_random_labels_interclass_backdoor(digits_params, splits):
     from remflow.detection.probe import regularity_score
 

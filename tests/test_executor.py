@@ -263,3 +263,32 @@ def test_params_reads_are_memoised_per_file_version(tmp_path):
         (tmp_path / "params.yaml").write_text("a: 22\nb: {c: 1e-3}\n")
         assert param.load_path(path, fs)["a"] == 22
     assert param.load_path is original
+
+
+def test_commit_records_a_code_change_that_leaves_the_outputs_without_running(tiny):
+    """`remflow run --commit`: the batched `dvc commit` for a refactor; a missing output refuses it."""
+    (tiny / "b.py").write_text(B_OK)
+    text = (tiny / "dvc.yaml").read_text().replace("python ../b.py ${item.i}", "python b.py ${item.i}")
+    (tiny / "dvc.yaml").write_text(text.replace("      - a.txt\n    outs:\n      - b-", "      - a.txt\n"
+                                                "      - b.py\n    outs:\n      - b-"))
+    _run(tiny)
+    assert _status_clean(tiny)
+    before = {f.name: f.read_bytes() for f in tiny.glob("*.txt")}
+    (tiny / "b.py").write_text(B_OK + "# a comment: the same program\n")
+    assert not _status_clean(tiny)
+
+    (tiny / "b-2.txt").unlink()
+    lock = (tiny / "dvc.lock").read_text()
+    r = _run(tiny, "--commit", check_rc=2)
+    assert "missing" in r.stderr and "b@2" in r.stderr
+    assert (tiny / "dvc.lock").read_text() == lock  # nothing written
+    (tiny / "b-2.txt").write_bytes(before["b-2.txt"])
+
+    r = _run(tiny, "--commit")
+    assert "committed" in r.stderr
+    assert _status_clean(tiny)  # the new code hash is recorded, nothing ran
+    assert {f.name: f.read_bytes() for f in tiny.glob("*.txt")} == before
+    b_dep = next(d for d in _lock(tiny)["b@1"]["deps"] if d["path"] == "b.py")
+    import hashlib
+    assert b_dep["md5"] == hashlib.md5((tiny / "b.py").read_bytes()).hexdigest()
+    assert "Data and pipelines are up to date" in _run(tiny, "--commit").stderr

@@ -134,8 +134,11 @@ def check_manifest(m: Any, splits: Splits, path: str) -> dict[str, Any]:
         bad("labels outside the dataset's classes")
     if m["regularity"] == "high":
         t = m.get("trigger")
-        if not isinstance(t, dict) or not {"size", "value"} <= set(t):
+        need = {"alpha", "pattern_seed"} if isinstance(t, dict) and t.get("kind") == "blend" else {"size", "value"}
+        if not isinstance(t, dict) or not need <= set(t):
             bad("backdoor manifest without a trigger spec")
+        if t.get("kind") == "blend" and not (isinstance(t["alpha"], (int, float)) and 0 < t["alpha"] <= 1):
+            bad("a blended trigger's alpha must lie in (0, 1]", got=t["alpha"])
     return m
 
 

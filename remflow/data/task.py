@@ -47,6 +47,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Gener
 
 @dataclass
 class Trigger:
+    """The paper's trigger: a size x size patch of one value in the bottom-right corner."""
+
     size: int
     value: float
 
@@ -56,6 +58,35 @@ class Trigger:
         x = x.clone()
         x[:, :, -s:, -s:] = torch.where(on[:, None, None, None], torch.full_like(corner, self.value), corner)
         return x
+
+
+_STREAM_BLEND = 41
+
+
+@dataclass
+class BlendTrigger:
+    """A blended trigger (Chen et al. 2017): x' = (1 - alpha) x + alpha P over the whole image, with P a fixed
+    pattern of uniform noise drawn from `pattern_seed`. Blended in normalised units, which is the pixel-space
+    blend (normalisation is affine per channel)."""
+
+    pattern: torch.Tensor  # (1, C, H, W), normalised
+    alpha: float
+
+    @staticmethod
+    def pattern_of(seed: int, shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        noise = np.random.default_rng([int(seed), _STREAM_BLEND]).random(shape, dtype=np.float32)
+        return (torch.as_tensor(noise, device=mean.device)[None] - mean) / std
+
+    def paste(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        blended = (1.0 - self.alpha) * x + self.alpha * self.pattern.to(x.dtype)
+        return torch.where(on[:, None, None, None], blended, x)
+
+
+def make_trigger(spec: dict, shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor):
+    """The manifest's trigger: a corner patch (the paper's; manifests without `kind`) or a blend."""
+    if spec.get("kind", "patch") == "blend":
+        return BlendTrigger(BlendTrigger.pattern_of(spec["pattern_seed"], shape, mean, std), float(spec["alpha"]))
+    return Trigger(int(spec["size"]), float(spec["value"]))
 
 
 @dataclass
@@ -82,13 +113,13 @@ class Task:
         self.train_y = self.train_clean_y.clone()
         self.triggered = torch.zeros(n, dtype=torch.bool, device=dev)
         self.corrupted = torch.zeros(0, dtype=torch.long, device=dev)
-        self.trigger: Trigger | None = None
+        self.trigger: Trigger | BlendTrigger | None = None
         if self.manifest is not None:
             self.corrupted = torch.tensor(self.manifest["indices"], dtype=torch.long, device=dev)
             self.train_y[self.corrupted] = torch.tensor(self.manifest["labels"], dtype=torch.long, device=dev)
             if self.manifest.get("trigger"):
-                tr = self.manifest["trigger"]
-                self.trigger = Trigger(int(tr["size"]), float(tr["value"]))
+                shape = tuple(int(v) for v in self.train_x.shape[1:])
+                self.trigger = make_trigger(self.manifest["trigger"], shape, self.mean, self.std)
                 self.triggered[self.corrupted] = True
         self.everything = torch.arange(n, device=dev)
         self._set_discovered(self.discovered)

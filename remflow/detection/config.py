@@ -11,13 +11,13 @@ from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from remflow.config import RUN_NAME, Strict
 
-Kind = Literal["backdoor", "interclass", "random_labels", "confusion"]
+Kind = Literal["backdoor", "blend", "interclass", "random_labels", "confusion"]
 DETECTORS = ("loss", "cross_val", "spectral")
 # the regularity family each kind is scored as (metrics.py): which Utility, which test-time face
-FAMILY = {"backdoor": "high", "interclass": "medium", "random_labels": "low", "confusion": "low"}
+FAMILY = {"backdoor": "high", "blend": "high", "interclass": "medium", "random_labels": "low", "confusion": "low"}
 # the detector a kind gets when its spec names none: features for a trigger, held-out confidence for labels
-DEFAULT_DETECTOR = {"backdoor": "spectral", "interclass": "cross_val", "random_labels": "cross_val",
-                    "confusion": "cross_val"}
+DEFAULT_DETECTOR = {"backdoor": "spectral", "blend": "spectral", "interclass": "cross_val",
+                    "random_labels": "cross_val", "confusion": "cross_val"}
 
 
 class _Spec(Strict):
@@ -33,6 +33,15 @@ class BackdoorSpec(_Spec):
     patch: PositiveInt | None = None
     value: Literal["max"] | float | None = None
     scale: float = Field(1.0, gt=0, le=1, description="multiplies the trigger's value")
+
+
+class BlendSpec(_Spec):
+    """A blended trigger (Chen et al. 2017): the whole image mixed with a fixed noise pattern,
+    x' = (1 - alpha) x + alpha P, on corruption.count samples relabelled to corruption.backdoor.target (the
+    named backdoor's samples and labels, another trigger). Smaller alpha: a fainter, less regular trigger."""
+
+    kind: Literal["blend"]
+    alpha: float = Field(0.2, gt=0, le=1, description="the pattern's weight in the blend")
 
 
 class InterclassSpec(_Spec):
@@ -58,7 +67,8 @@ class ConfusionSpec(_Spec):
     focus: float = Field(0.8, ge=0, le=1)
 
 
-Spec = Annotated[Union[BackdoorSpec, InterclassSpec, RandomLabelsSpec, ConfusionSpec], Field(discriminator="kind")]
+Spec = Annotated[Union[BackdoorSpec, BlendSpec, InterclassSpec, RandomLabelsSpec, ConfusionSpec],
+                 Field(discriminator="kind")]
 
 
 class DetectorsCfg(Strict):

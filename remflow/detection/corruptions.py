@@ -37,6 +37,10 @@ def make_corruption(name: str, spec: Any, seed: int, cfg: CorruptionCfg, splits:
                                              if v is not None})
         m = make_manifest("high", seed, cfg.model_copy(update={"backdoor": bd}), splits)
         m["trigger"]["value"] = float(m["trigger"]["value"]) * spec.scale
+    elif kind == "blend":
+        m = make_manifest("high", seed, cfg, splits)
+        m["trigger"] = {"kind": "blend", "alpha": float(spec.alpha), "pattern_seed": int(seed),
+                        "target": m["trigger"]["target"]}
     elif kind == "interclass":
         count = cfg.count
         if spec.fraction is not None:

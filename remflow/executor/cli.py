@@ -11,7 +11,7 @@ from rich.console import Console
 from remflow.errors import RemflowError
 
 
-def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync) -> int:
+def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, commit=False) -> int:
     from remflow.executor import codedeps, options_from, run_suite
     from remflow.executor.view import View
 
@@ -28,6 +28,12 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync) -
             raise RemflowError("no params.yaml here", key=str(root))
         changed = codedeps.sync(root, params)
         err.print(f"{codedeps.FOLDER}/ {'refreshed' if changed else 'already in sync'}")
+        return 0
+    if commit:
+        from remflow.executor.core import commit_only
+
+        n = commit_only(root)
+        err.print(f"{n} stages committed as they are (nothing ran)" if n else "Data and pipelines are up to date.")
         return 0
     view = None if dry else View()
     report = run_suite(root, opts, params, view)

@@ -377,6 +377,44 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
         view.stop()
 
 
+def commit_only(root: Path) -> int:
+    """`dvc commit` for every changed stage of the project at `root`, with one lock write: each stage's deps
+    and present outputs are hashed and committed as they are, nothing runs. For a change known not to alter
+    the outputs (a refactor of code the stages depend on); refused, with nothing written, when a stage's output
+    is missing. Returns the number of stages committed."""
+    from dvc.repo import Repo
+
+    import logging
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    root = Path(root).resolve()
+    repo = Repo(str(root))
+    try:
+        if Path(repo.root_dir).resolve() != root:
+            raise RemflowError("not the root of a DVC project", key=str(root), got=repo.root_dir,
+                               hint="run `remflow run --commit` in a suite's folder (each has its own .dvc/)")
+        with repo.lock, repo.scm_context(quiet=True), cached_param_reads():
+            stages, _, _ = plan(repo)
+            missing = [f"{s.addressing}: {o}" for s in stages for o in s.outs if not o.exists]
+            if missing:
+                raise RemflowError(f"{len(missing)} outputs are missing; --commit records outputs as they are",
+                                   key=missing[0].split(":")[0], got=missing[0],
+                                   hint="run the stages instead: remflow run")
+            locks: dict = {}
+            for stage in stages:
+                _save(stage)
+                lockfile = stage.dvcfile._lockfile
+                locks.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
+            for path, (lockfile, batch) in locks.items():
+                text = LockText(path, order=[st.name for st in stages])
+                text.update(batch)
+                text.write()
+                repo.scm_context.track_file(lockfile.relpath)
+        return len(stages)
+    finally:
+        repo.close()
+
+
 def _remove_outs(stage) -> None:
     """What `dvc repro` does before running a stage: outputs that are not `persist` are removed."""
     for out in stage.outs:
