@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="remflow run's parallel runs (default: cores)")
     ap.add_argument("--default-epochs", type=int, default=None, help="shrink the default suite's pretraining")
     ap.add_argument("--skip-default", action="store_true", help="the grid only")
+    ap.add_argument("--skip-grid", action="store_true", help="the default suite only")
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     base.setdefault("runtime", {})["threads"] = 1
@@ -158,6 +159,8 @@ def main() -> None:
             t = time.perf_counter()
             _sh(par, "dvc", "repro")
             print(f"no-op dvc repro after remflow run: {time.perf_counter() - t:.1f}s", flush=True)
+        if args.skip_grid:
+            return
 
         # the paper-sized grid, `none` method, digits
         rates = [round((i + 1) / args.rates, 3) for i in range(args.rates)]
