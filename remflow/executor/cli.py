@@ -12,7 +12,7 @@ from remflow.errors import RemflowError
 
 
 def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, commit=False) -> int:
-    from remflow.executor import codedeps, options_from, run_suite
+    from remflow.executor import codedeps, commit_only, options_from, run_suite
     from remflow.executor.view import View
 
     err = Console(stderr=True, highlight=False)
@@ -30,8 +30,6 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, c
         err.print(f"{codedeps.FOLDER}/ {'refreshed' if changed else 'already in sync'}")
         return 0
     if commit:
-        from remflow.executor.core import commit_only
-
         n = commit_only(root)
         err.print(f"{n} stages committed as they are (nothing ran)" if n else "Data and pipelines are up to date.")
         return 0
