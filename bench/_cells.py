@@ -16,6 +16,17 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_csv(rows: list[dict], path: str, fields: list[str]) -> None:
+    """Rows as a CSV with these columns (rewritten whole, so a run stopped early leaves a readable file)."""
+    import csv
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():

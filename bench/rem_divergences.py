@@ -25,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("REMFLOW_PROGRESS", "off")
+sys.path.insert(0, str(ROOT / "bench"))
+from _cells import write_csv  # noqa: E402
 
 # name -> (model overrides, REM config overrides, what it switches back to remflow's earlier choice)
 VARIANTS = {
@@ -105,16 +107,8 @@ def run(args) -> list[dict]:
                 print(row, flush=True)
                 rows.append(row)
                 if args.csv:
-                    write(rows, args.csv)
+                    write_csv(rows, args.csv, FIELDS)
     return rows
-
-
-def write(rows: list[dict], path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def derivable(rows: list[dict], rate: float, seed: int) -> bool:

@@ -32,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("REMFLOW_PROGRESS", "off")
+sys.path.insert(0, str(ROOT / "bench"))
+from _cells import write_csv  # noqa: E402
 
 FIELDS = ["regularity", "discovery_rate", "seed", "run", "phase", "epoch", "flush_round", "du_memorised",
           "du_healed", "df_memorised", "df_healed", "retain_acc", "proxy", "n_du", "n_df"]
@@ -156,16 +158,8 @@ def run(args) -> list[dict]:
                 rows.append(final_row(params, task_of, pre / "model.safetensors", "none", cell))
                 print(summary(rows), flush=True)
                 if args.csv:
-                    write(rows, args.csv)
+                    write_csv(rows, args.csv, FIELDS)
     return rows
-
-
-def write(rows: list[dict], path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _f(v) -> float:
