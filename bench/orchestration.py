@@ -131,8 +131,12 @@ def main() -> None:
     ap.add_argument("--default-epochs", type=int, default=None, help="shrink the default suite's pretraining")
     ap.add_argument("--skip-default", action="store_true", help="the grid only")
     ap.add_argument("--skip-grid", action="store_true", help="the default suite only")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"),
+                    help="params of the first part (default: the default suite's; e.g. a suite's params.yaml)")
+    ap.add_argument("--regularities", nargs="+", help="first part: only these regularities of its grid")
+    ap.add_argument("--seeds-only", type=int, nargs="+", help="first part: only these seeds of its grid")
     args = ap.parse_args()
-    base = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    base = YAML(typ="safe", pure=True).load(Path(args.params).read_text())
     base.setdefault("runtime", {})["threads"] = 1
     base["runtime"]["cpus"] = 1
     cores = os.cpu_count() or 1
@@ -140,10 +144,15 @@ def main() -> None:
         tmp = Path(tmp)
         if not args.skip_default:
             params = json.loads(json.dumps(base))
+            if args.regularities:
+                params["grid"]["regularities"] = args.regularities
+            if args.seeds_only:
+                params["grid"]["seeds"] = args.seeds_only
             if args.default_epochs:
                 params["pretrain"]["epochs"] = args.default_epochs
                 params["pretrain"]["eval_every"] = args.default_epochs
-            print("== default suite (threads 1 per run in both, so the bytes match)", flush=True)
+            print(f"== {Path(args.params).resolve().relative_to(ROOT)} (grid {params['grid']['regularities']} x "
+                  f"seeds {params['grid']['seeds']}; threads 1 per run in both, so the bytes match)", flush=True)
             serial = make_repo(tmp / "default-serial", params)
             wall = timed(serial, "dvc", "repro", "-q")
             report("dvc repro (serial)", wall, stage_count(serial), compute_seconds(serial), 1)
@@ -165,7 +174,8 @@ def main() -> None:
         # the paper-sized grid, `none` method, digits
         rates = [round((i + 1) / args.rates, 3) for i in range(args.rates)]
         names = [f"none{i:02d}" for i in range(args.runs)]
-        grid = json.loads(json.dumps(base))
+        grid = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())  # digits, the default suite
+        grid.setdefault("runtime", {}).update({"threads": 1, "cpus": 1})
         grid["pretrain"].update({"epochs": 1, "eval_every": 1})
         grid["grid"].update({"discovery_rates": rates, "seeds": list(range(args.seeds)), "methods": names,
                              "etd_methods": [], "pretrain_variants": ["standard"]})
