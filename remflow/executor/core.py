@@ -261,16 +261,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
         if not saved:
             return
         with timed("lock write"):
-            by_lock: dict = {}
-            for stage in saved:
-                lockfile = stage.dvcfile._lockfile
-                by_lock.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
-            for path, (lockfile, batch) in by_lock.items():
-                if path not in locks:
-                    locks[path] = LockText(path, order=[st.name for st in stages])
-                locks[path].update(batch)
-                locks[path].write()
-                repo.scm_context.track_file(lockfile.relpath)
+            _write_locks(repo, saved, stages, locks)
         report.commits += 1
         report.done.extend(s.addressing for s in saved)
         if view is not None:
@@ -400,19 +391,28 @@ def commit_only(root: Path) -> int:
                 raise RemflowError(f"{len(missing)} outputs are missing; --commit records outputs as they are",
                                    key=missing[0].split(":")[0], got=missing[0],
                                    hint="run the stages instead: remflow run")
-            locks: dict = {}
             for stage in stages:
                 _save(stage)
-                lockfile = stage.dvcfile._lockfile
-                locks.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
-            for path, (lockfile, batch) in locks.items():
-                text = LockText(path, order=[st.name for st in stages])
-                text.update(batch)
-                text.write()
-                repo.scm_context.track_file(lockfile.relpath)
+            _write_locks(repo, stages, stages, {})
         return len(stages)
     finally:
         repo.close()
+
+
+def _write_locks(repo, batch, stages, locks: dict) -> None:
+    """Write the lock entries of the committed stages in `batch`: one atomic write per lock file they belong
+    to, each file's entries in `stages`' order. `locks` (lock file path -> LockText) keeps the parsed texts
+    between batches; the files are staged in git as `dvc repro` stages them."""
+    by_lock: dict = {}
+    for stage in batch:
+        lockfile = stage.dvcfile._lockfile
+        by_lock.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
+    for path, (lockfile, group) in by_lock.items():
+        if path not in locks:
+            locks[path] = LockText(path, order=[st.name for st in stages])
+        locks[path].update(group)
+        locks[path].write()
+        repo.scm_context.track_file(lockfile.relpath)
 
 
 def _remove_outs(stage) -> None:
