@@ -82,12 +82,30 @@ def compute_seconds(repo: Path) -> float:
 
 
 def result_hashes(repo: Path) -> dict:
-    """md5 of every checkpoint, corruption manifest and discovery file in dvc.lock (the records and logs hold
-    timings, which differ between any two runs)."""
-    lock = YAML(typ="safe", pure=True).load((repo / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
-            if o["path"].endswith(".safetensors") or o["path"].startswith(("artifacts/corrupt/",
-                                                                           "artifacts/discover/"))}
+    """md5 of every checkpoint (pretrained and unlearned), corruption manifest and discovery file in the
+    workspace (the run records and logs hold timings, which differ between any two runs)."""
+    import hashlib
+
+    files = [*repo.glob("artifacts/**/*.safetensors"), *repo.glob("runs/*/*.safetensors"),
+             *repo.glob("artifacts/corrupt/*.json"), *repo.glob("artifacts/discover/*.json")]
+    return {str(f.relative_to(repo)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+# results.csv columns that are measurements of the run, not of the model: time and memory differ between any
+# two runs of the same stage
+RUN_COLUMNS = ("unlearn_seconds", "peak_memory_mb")
+
+
+def results_rows(repo: Path) -> list[dict] | None:
+    """reports/results.csv without its timing columns, sorted, or None when the suite wrote none."""
+    import csv
+
+    path = repo / "reports" / "results.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [{k: v for k, v in r.items() if k not in RUN_COLUMNS} for r in csv.DictReader(f)]
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
 
 
 def stage_count(repo: Path) -> int:
@@ -163,8 +181,14 @@ def main() -> None:
             a, b = result_hashes(serial), result_hashes(par)
             differ = sorted(p for p in a if a[p] != b.get(p))
             print(f"results identical to the serial run: {len(a) - len(differ)} of {len(a)} checkpoints, "
-                  f"manifests and discovery files have the same md5 in both dvc.lock files"
+                  f"manifests and discovery files have the same md5 in both workspaces"
                   + (f"; differ: {', '.join(differ)}" if differ else ""), flush=True)
+            ra, rb = results_rows(serial), results_rows(par)
+            if ra is not None:
+                same = sum(x == y for x, y in zip(ra, rb or []))
+                print(f"reports/results.csv identical to the serial run's: {same} of {len(ra)} rows equal in "
+                      f"every column but {', '.join(RUN_COLUMNS)}" + ("" if same == len(ra) == len(rb or [])
+                                                                       else " (DIFFER)"), flush=True)
             t = time.perf_counter()
             _sh(par, "dvc", "repro")
             print(f"no-op dvc repro after remflow run: {time.perf_counter() - t:.1f}s", flush=True)

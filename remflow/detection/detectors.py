@@ -45,6 +45,18 @@ def penultimate(model: torch.nn.Module, task: Task, batch_size: int = 2048) -> t
     return torch.cat(feats).numpy().astype(np.float64), torch.cat(logits).numpy().astype(np.float64)
 
 
+def one_blas_thread():
+    """NumPy's and SciPy's BLAS (and OpenMP) on one thread inside: a fit's sums then do not depend on how many
+    threads the process was given. Without it the score moved with the machine's cores and the scheduler:
+    serial `dvc repro` (BLAS on every core) and `remflow run` (Ray sets a worker's OMP_NUM_THREADS to its CPUs)
+    wrote different regularity scores for the same manifest (0.717104 and 0.718483 on Fashion-MNIST), and the
+    two-thread fit was 6x slower on 2 cores. Call it after scikit-learn is imported: it limits the libraries
+    loaded at entry."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def loss_scores(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -58,12 +70,13 @@ def cross_val_scores(feats: np.ndarray, labels: np.ndarray, folds: int, seed: in
     x = (feats - feats.mean(0)) / (feats.std(0) + 1e-8)
     fold = np.random.default_rng([seed, 41]).permutation(len(labels)) % folds
     p_given = np.zeros(len(labels))
-    for f in range(folds):
-        fit, held = fold != f, fold == f
-        lr = LogisticRegression(max_iter=max_iter).fit(x[fit], labels[fit])
-        proba = np.zeros((int(held.sum()), num_classes))
-        proba[:, lr.classes_] = lr.predict_proba(x[held])
-        p_given[held] = proba[np.arange(len(proba)), labels[held]]
+    with one_blas_thread():  # the same scores under `dvc repro` and `remflow run`
+        for f in range(folds):
+            fit, held = fold != f, fold == f
+            lr = LogisticRegression(max_iter=max_iter).fit(x[fit], labels[fit])
+            proba = np.zeros((int(held.sum()), num_classes))
+            proba[:, lr.classes_] = lr.predict_proba(x[held])
+            p_given[held] = proba[np.arange(len(proba)), labels[held]]
     return 1.0 - p_given
 
 
@@ -78,7 +91,8 @@ def spectral_scores(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if len(of) < 3:
             continue
         centred = feats[of] - feats[of].mean(0)
-        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        with one_blas_thread():
+            _, sv, vt = np.linalg.svd(centred, full_matrices=False)
         proj = centred @ vt[0]
         side = -np.sign(np.median(proj)) or 1.0
         order.append((float(sv[0] ** 2 / (sv ** 2).sum()), of, side * proj))

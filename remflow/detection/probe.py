@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from remflow.data.task import Task
+from remflow.detection.detectors import one_blas_thread
 
 REFERENCE = 2000
 MAX_ITER = 500
@@ -47,10 +48,12 @@ def regularity_score(task: Task, seed: int = 0) -> float:
         proba[:, model.classes_] = model.predict_proba(_inputs(task, torch.as_tensor(idx, device=task.device)))
         return proba[np.arange(len(idx)), y[idx]]
 
-    clean = fit(ref)
-    scores = []
-    for taught, held in (halves, halves[::-1]):
-        if len(taught) == 0 or len(held) == 0:
-            continue
-        scores.append(float(np.mean(p_label(fit(np.concatenate([ref, taught])), held) - p_label(clean, held))))
+    with one_blas_thread():
+        clean = fit(ref)
+        scores = []
+        for taught, held in (halves, halves[::-1]):
+            if len(taught) == 0 or len(held) == 0:
+                continue
+            scores.append(float(np.mean(p_label(fit(np.concatenate([ref, taught])), held) - p_label(clean, held))))
     return float(np.mean(scores)) if scores else float("nan")
+
