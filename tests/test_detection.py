@@ -169,6 +169,47 @@ def test_the_probe_orders_random_labels_interclass_backdoor(digits_params, split
     assert abs(score["random_labels"]) < 0.1, score
 
 
+def test_the_probe_and_detectors_fit_on_one_blas_thread_whatever_the_process_has(digits_params, splits,
+                                                                                  monkeypatch):
+    """Serial `dvc repro` gives a stage BLAS on every core, a `remflow run` worker one thread (Ray's
+    OMP_NUM_THREADS): the fits must not depend on it, or the two write different regularity scores."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from remflow.detection.detectors import cross_val_scores, spectral_scores
+    from remflow.detection.probe import regularity_score
+
+    seen = []
+    fit = LogisticRegression.fit
+
+    def spy(self, *a, **k):
+        seen.append(max(lib["num_threads"] for lib in threadpool_info()))
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    task = task_of(digits_params, splits, named_manifest(digits_params, splits, "backdoor"))
+    feats = np.random.default_rng(0).normal(size=(60, 8))
+    labels = np.arange(60) % 3
+    with threadpool_limits(limits=2):  # what a process on two cores starts with
+        outside = max(lib["num_threads"] for lib in threadpool_info())
+        wide = regularity_score(task)
+        cross_val_scores(feats, labels, folds=2, seed=0, max_iter=50, num_classes=3)
+    assert seen and set(seen) == {1}, (seen, outside)
+    with threadpool_limits(limits=1):
+        assert regularity_score(task) == wide
+    svd = np.linalg.svd
+    svd_seen = []
+
+    def svd_spy(*a, **k):
+        svd_seen.append(max(lib["num_threads"] for lib in threadpool_info()))
+        return svd(*a, **k)
+
+    monkeypatch.setattr(np.linalg, "svd", svd_spy)
+    with threadpool_limits(limits=2):
+        spectral_scores(feats, labels)
+    assert svd_seen and set(svd_seen) == {1}, svd_seen
+
+
 # ---------------------------------------------------------------- detectors
 
 
