@@ -3,6 +3,7 @@ files are remflow.report's."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from remflow.data.corruption import check_discovery, load_manifest
@@ -104,6 +105,78 @@ def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict
             "discovery_recall": round(hits / len(corrupted), 6)}
 
 
+# runs a scoring process must have before a pool pays for its start (a spawned process imports torch and
+# reloads the data: about 5 s on 2 cores; scoring a run takes about 0.7 s there on Fashion-MNIST)
+RUNS_PER_PROCESS = 32
+
+_SCORER: dict = {}  # the process's scoring state: params, device, splits, tasks by manifest path
+
+
+def scoring_processes(runs: int, device) -> int:
+    """How many processes score the runs: the CPU cores this process may use, at most one per
+    RUNS_PER_PROCESS runs; 1 (in this process) on a GPU or for a small grid. REMFLOW_EVAL_PROCESSES
+    overrides it. Each process scores whole runs on `runtime.threads`, as this one would, so the scores are
+    the same whatever the count."""
+    want = os.environ.get("REMFLOW_EVAL_PROCESSES")
+    if want:
+        try:
+            n = int(want)
+        except ValueError:
+            raise RemflowError("not a number of processes", key="REMFLOW_EVAL_PROCESSES", got=want) from None
+        if n < 1:
+            raise RemflowError("at least one process scores the runs", key="REMFLOW_EVAL_PROCESSES", got=want)
+        return min(n, max(1, runs))
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, runs // RUNS_PER_PROCESS))
+
+
+def _start_scorer(raw_params: dict | None, params=None, splits: Splits | None = None,
+                  tasks: dict | None = None) -> None:
+    """Set up this process to score runs (a pool's initializer gets the params as a mapping)."""
+    if params is None:
+        from remflow.detection.loader import validate
+
+        params = validate(raw_params)
+    device = setup_runtime(params.runtime)
+    _SCORER.update(params=params, device=device, splits=splits or load_splits(params.data), tasks=tasks or {})
+
+
+def _score(job: tuple[str, str, list[int]]) -> dict[str, float]:
+    """§5.1's metrics of one run: (run folder, manifest path, discovered indices)."""
+    folder, manifest_path, discovered = job
+    s = _SCORER
+    if manifest_path not in s["tasks"]:
+        s["tasks"][manifest_path] = make_task(s["params"].data, s["splits"], s["device"],
+                                              load_manifest(manifest_path, s["splits"]))
+    model, _ = load_model(Path(folder) / "model.safetensors", s["device"])
+    return evaluate_model(model, s["tasks"][manifest_path].with_discovered(discovered),
+                          s["params"].runtime.eval_batch_size)
+
+
+def score_all(params: ParamsBase, splits: Splits, tasks: dict[str, Task], jobs: list[tuple[str, str, list[int]]],
+              device, side=None) -> list[dict[str, float]]:
+    """Score every job, in order, across `scoring_processes` processes; `side()` runs here meanwhile."""
+    n = scoring_processes(len(jobs), device)
+    if n == 1:
+        _start_scorer(None, params, splits, tasks)
+        out = [_score(j) for j in jobs]
+        if side is not None:
+            side()
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked child of a process that has run torch's thread pools can hang
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_start_scorer,
+                             initargs=(params.model_dump(mode="json"),)) as pool:
+        futures = [pool.submit(_score, j) for j in jobs]
+        if side is not None:
+            side()
+        return [f.result() for f in futures]
+
+
 def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Splits]:
     """Score every run of the grid: one row per run with the metrics of paper §5.1 and its costs."""
     device = setup_runtime(params.runtime)
@@ -111,9 +184,8 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
     runs = collect_runs(params, runs_dir)
     detection_runs = collect_detection_runs(params, runs_dir)
     tasks: dict[str, Task] = {}
-    regularity: dict[str, float] = {}
     probe_seed = params.detection.seed if hasattr(params, "detection") else 0
-    rows = []
+    rows, jobs = [], []
     for rec, folder in runs + detection_runs:
         inputs = rec["inputs"]
         for what in ("manifest", "discovery"):
@@ -122,7 +194,6 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
                                    got=inputs[what], hint="run `dvc repro`")
         if inputs["manifest"] not in tasks:
             tasks[inputs["manifest"]] = make_task(params.data, splits, device, load_manifest(inputs["manifest"], splits))
-            regularity[inputs["manifest"]] = regularity_score(tasks[inputs["manifest"]], seed=probe_seed)
         manifest = tasks[inputs["manifest"]].manifest
         if rec.get("study") == "detection":
             found = check_detection(read_json(inputs["discovery"], "detection file"), manifest, len(splits.train_y),
@@ -136,24 +207,27 @@ def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Spli
                                          inputs["discovery"])["indices"]
             label = run_label(rec["run"], rec["pretrained"])
             disc = discovery_columns(discovered, manifest, "oracle")
-        task = tasks[inputs["manifest"]].with_discovered(discovered)
-        model, _ = load_model(folder / "model.safetensors", device)
-        scores = evaluate_model(model, task, params.runtime.eval_batch_size)
-        rows.append({
-            "run": label,
-            "method": rec["method"],
-            "pretrained": rec["pretrained"],
-            "regularity": rec["regularity"],
-            "discovery_rate": rec["discovery_rate"],
-            "seed": rec["seed"],
-            **{k: round(v, 6) for k, v in scores.items()},
+        jobs.append((str(folder), inputs["manifest"], [int(i) for i in discovered]))
+        head = {"run": label, "method": rec["method"], "pretrained": rec["pretrained"],
+                "regularity": rec["regularity"], "discovery_rate": rec["discovery_rate"], "seed": rec["seed"]}
+        tail = {
             "unlearn_seconds": rec["unlearn_seconds"],
             "peak_memory_mb": rec["peak_memory_mb"],
             "params_deployed": rec["params_deployed"],
             "params_peak": rec["params_peak"],
             "corruption": manifest.get("corruption", CORRUPTION_OF[rec["regularity"]]),
             **disc,
-            "regularity_score": round(regularity[inputs["manifest"]], 6),
-            "details": rec.get("stats", {}),
-        })
-    return rows, splits
+        }
+        rows.append((head, tail, inputs["manifest"], rec.get("stats", {})))
+    # one probe per manifest, here, while the runs are scored (in other processes when there are several)
+    regularity: dict[str, float] = {}
+
+    def probes():
+        for path, task in tasks.items():
+            regularity[path] = regularity_score(task, seed=probe_seed)
+
+    scores = score_all(params, splits, tasks, jobs, device, side=probes)
+    out = [{**head, **{k: round(v, 6) for k, v in sc.items()}, **tail,
+            "regularity_score": round(regularity[manifest_path], 6), "details": details}
+           for (head, tail, manifest_path, details), sc in zip(rows, scores)]
+    return out, splits

@@ -239,3 +239,36 @@ def test_a_missing_run_is_refused_with_the_cell_it_lacks(tmp_path, digits_params
         collect_runs(digits_params, tmp_path)
     n = len(expected_cells(digits_params))
     assert f"{n} of {n} runs are missing" in str(e.value)
+
+
+def test_runs_scored_in_a_pool_of_processes_score_as_in_this_one(cells, digits_params, monkeypatch):
+    """The evaluate stage spreads its runs over the cores (REMFLOW_EVAL_PROCESSES, default one process per
+    32 runs): every process scores whole runs on runtime.threads, so the scores are the same bit for bit."""
+    import torch
+
+    from remflow.data.datasets import load_splits
+    from remflow.errors import RemflowError
+    from remflow.evaluate import score_all, scoring_processes
+    from remflow.io import read_json
+
+    jobs, direct = [], []
+    for reg in ("high", "medium"):
+        manifest, _ = cells.pretrained(reg)
+        _, metrics, _ = cells.run("finetune", reg, 0.5)
+        folder = sorted((cells.root / "runs").glob(f"*-finetune-standard-{reg}-0.5"))[-1]
+        jobs.append((str(folder), str(manifest), read_json(cells.discovered(reg, 0.5), "d")["indices"]))
+        direct.append(metrics)
+    splits = load_splits(digits_params.data)
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "1")
+    alone = score_all(digits_params, splits, {}, jobs, cpu)
+    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "2")
+    assert scoring_processes(len(jobs), cpu) == 2
+    pooled = score_all(digits_params, splits, {}, jobs, cpu)
+    assert pooled == alone == direct
+    assert pooled[0] != pooled[1]  # two different runs, not one score twice
+    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "0")
+    with pytest.raises(RemflowError, match="at least one process"):
+        scoring_processes(len(jobs), cpu)
+    monkeypatch.delenv("REMFLOW_EVAL_PROCESSES")
+    assert scoring_processes(31, cpu) == 1  # a small grid is scored in-process
