@@ -8,6 +8,8 @@ of that slice only) is counted in both columns.
     python bench/orchestration_pool.py logs/fmnist-high-0.log logs/fmnist-medium-0.log ...
 
 Reads the lines the bench prints (its log); refuses a log that lacks one of them (a slice that did not finish).
+A file may also be an earlier output of this script (its table, as kept in bench/recorded/): its slice rows
+are pooled with the new logs, so that slices measured in different sessions add up without their logs.
 """
 
 from __future__ import annotations
@@ -21,11 +23,33 @@ TIMING = re.compile(r"^(?P<label>dvc repro \(serial\)|remflow run \((?P<w>\d+) w
                     r"\s+wall\s+(?P<wall>[\d.]+)s\s+compute\s+(?P<compute>[\d.]+)s")
 SAME = re.compile(r"^results identical to the serial run: (?P<a>\d+) of (?P<b>\d+) ")
 ROWS = re.compile(r"^reports/results.csv identical to the serial run's: (?P<a>\d+) of (?P<b>\d+) rows")
+# an earlier output of this script: its first line, then one table row per slice
+POOLED = re.compile(r"^(?P<params>\S+): (?P<n>\d+) slices$")
+ROW = re.compile(r"^(?P<slice>\[.*?\] x seeds \[.*?\])\s+(?P<stages>\d+)\s+(?P<serial>[\d.]+)\s+(?P<run>[\d.]+)"
+                 r"\s+[\d.]+x\s+(?P<a>\d+)/(?P<b>\d+) outputs, (?P<ra>\d+)/(?P<rb>\d+) results.csv rows$")
 
 
-def parse(path: Path) -> dict:
+def parse_pooled(path: Path, lines: list[str]) -> list[dict]:
+    """The slice rows of an earlier pool output (wall times and counts only: a log's compute is not kept)."""
+    params = POOLED.match(lines[0])["params"]
+    rows = []
+    for line in lines[1:]:
+        if m := ROW.match(line):
+            rows.append({"log": path.name, "params": params, "slice": m["slice"],
+                         "serial": {"stages": int(m["stages"]), "wall": float(m["serial"])},
+                         "run": {"stages": int(m["stages"]), "wall": float(m["run"])},
+                         "same": (int(m["a"]), int(m["b"])), "rows": (int(m["ra"]), int(m["rb"]))})
+    if len(rows) != int(POOLED.match(lines[0])["n"]):
+        raise SystemExit(f"{path}: says {POOLED.match(lines[0])['n']} slices, holds {len(rows)} rows")
+    return rows
+
+
+def parse(path: Path) -> list[dict]:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if lines and POOLED.match(lines[0]):
+        return parse_pooled(path, lines)
     out: dict = {"log": path.name}
-    for line in path.read_text().splitlines():
+    for line in lines:
         if m := SLICE.match(line):
             out["slice"] = f"{m['regs']} x seeds {m['seeds']}"
             out["params"] = m["params"]
@@ -41,13 +65,13 @@ def parse(path: Path) -> dict:
     lacking = [k for k in ("slice", "serial", "run", "same", "rows") if k not in out]
     if lacking:
         raise SystemExit(f"{path}: not a finished slice (no {', '.join(lacking)} line)")
-    return out
+    return [out]
 
 
 def main(paths: list[str]) -> None:
     if not paths:
         raise SystemExit(__doc__)
-    slices = [parse(Path(p)) for p in paths]
+    slices = [s for p in paths for s in parse(Path(p))]
     if len({s["params"] for s in slices}) != 1:
         raise SystemExit("the logs are of different suites: " + ", ".join(sorted({s["params"] for s in slices})))
     names = [s["slice"] for s in slices]
