@@ -114,8 +114,11 @@ print(json.dumps({"start": start, "score": (time.perf_counter() - t) / len(jobs)
 
 
 def pooled(suite: Path, repeats: int) -> None:
-    from remflow.evaluate import RUNS_PER_PROCESS
+    import torch
 
+    from remflow.evaluate import RUNS_PER_PROCESS, scoring_processes
+
+    os.environ.pop("REMFLOW_EVAL_PROCESSES", None)  # the default count, as the default runs below get it
     start, score, runs = costs(suite)
     one, default = [], []
     for _ in range(repeats):
@@ -123,7 +126,7 @@ def pooled(suite: Path, repeats: int) -> None:
         default.append(evaluate_once(suite, None))
     same = all(m == one[0][1] for _, m in one + default)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = max(1, min(cores, runs // RUNS_PER_PROCESS))
+    n = scoring_processes(runs, torch.device("cpu"))
     print(f"remflow evaluate, {suite.relative_to(ROOT)}: {runs} runs, {repeats} runs each, alternating, "
           f"{cores} cores")
     print(f"  a scorer's start {start:.2f}s, one run's scoring {score:.3f}s: a process pays for itself after "
