@@ -3,10 +3,22 @@
 A stage whose command is a plain `remflow <command> ...` line runs in-process (torch and remflow are imported
 once per worker, not once per stage); any other command runs in a shell, as `dvc repro` would run it. Either
 way the stage's stdout and stderr go to its own log file (file-descriptor level, so C extensions' output too).
+
+A worker runs the remflow code it imported, which may be older than the files on disk: someone edits a module
+during a long run. So the worker records the md5 of each remflow source file at the moment it imports it
+(`ImportRecord`, a finder ahead of Python's own), and returns those hashes with every stage it ran in-process.
+Before committing the stage, the coordinator compares them with the stage's code dependencies now
+(`stale_code`): a dependency that is a file the worker imported and whose content differs was not the code
+that made the outputs, and DVC would record the new hash beside them. Such a stage is not committed: its
+outputs are removed, its worker is replaced by a fresh one (which imports the code as it is now) and the stage
+runs again there; after `retries` such refusals it fails, with the message in its log. Stages run in a shell
+import their code in their own process when they start, as under `dvc repro`, and are not checked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.abc
 import os
 import re
 import shlex
@@ -29,6 +41,96 @@ class StageSpec:
     wdir: str  # absolute: the suite on the shared filesystem
     log: str  # absolute path of the stage's log file
     env: dict[str, str]
+
+
+def _md5(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.md5(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class ImportRecord(importlib.abc.MetaPathFinder):
+    """The md5 of every source file of `packages` this process imports, taken when it is imported.
+
+    Installed first on sys.meta_path, it asks the finders after it for the module's spec (so the import is the
+    one Python would make) and hashes the spec's file right before Python executes it. Modules of `packages`
+    imported before it was installed are hashed when it is installed."""
+
+    def __init__(self, packages=("remflow",)):
+        self.packages = tuple(packages)
+        self.hashes: dict[str, str] = {}  # real path of the source file -> md5 at import
+
+    def _ours(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.packages)
+
+    def _record(self, origin) -> None:
+        if origin and origin.endswith(".py"):
+            real = os.path.realpath(origin)
+            if real not in self.hashes:
+                digest = _md5(real)
+                if digest is not None:
+                    self.hashes[real] = digest
+
+    def install(self) -> "ImportRecord":
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+        for name, module in list(sys.modules.items()):
+            if self._ours(name):
+                self._record(getattr(module, "__file__", None))
+        return self
+
+    def uninstall(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, name, path=None, target=None):
+        if not self._ours(name):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                self._record(spec.origin)
+                return spec
+        return None
+
+
+def _files(path: str):
+    if os.path.isdir(path):
+        for folder, _, names in os.walk(path):
+            for n in names:
+                yield os.path.join(folder, n)
+    else:
+        yield path
+
+
+def stale_code(dep_paths, imported: dict[str, str] | None) -> list[tuple[str, str, str | None]]:
+    """(dependency file, md5 the worker imported, md5 now) for each file among the stage's dependencies (files
+    or folders, followed through links) that the worker imported and that differs now (None: gone)."""
+    if not imported:
+        return []
+    stale = []
+    for dep in dep_paths:
+        for f in _files(dep):
+            real = os.path.realpath(f)
+            then = imported.get(real)
+            if then is not None:
+                now = _md5(real)
+                if now != then:
+                    stale.append((f, then, now))
+    return stale
+
+
+def code_changed_message(stage: str, stale, again: bool) -> str:
+    path, then, now = stale[0]
+    more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+    what = "runs again on a fresh worker" if again else "failed: it was refused too many times"
+    return (f"remflow run: {stage} not committed: its code dependency {path}{more} changed after the worker "
+            f"imported it (md5 {then[:8]} then, {now[:8] if now else 'missing'} now), so its outputs came from "
+            f"the old code; the stage {what}")
 
 
 def in_process_argv(cmd: str) -> list[str] | None:
@@ -114,7 +216,7 @@ def run_stage(spec: StageSpec) -> dict:
     saved = os.dup(1), os.dup(2)
     cwd = os.getcwd()
     env_saved = {k: os.environ.get(k) for k in spec.env}
-    rc, mode = 0, "in-process"
+    rc, mode, imported = 0, "in-process", False
     with open(spec.log, "w") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -125,6 +227,7 @@ def run_stage(spec: StageSpec) -> dict:
                 print(f"$ {cmd}", flush=True)
                 args = in_process_argv(cmd)
                 if args is not None:
+                    imported = True
                     rc = _run_remflow(args)
                 else:
                     mode = "shell"
@@ -147,7 +250,7 @@ def run_stage(spec: StageSpec) -> dict:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    return {"rc": rc, "seconds": time.perf_counter() - t0, "mode": mode}
+    return {"rc": rc, "seconds": time.perf_counter() - t0, "mode": mode, "imported": imported}
 
 
 class StageWorker:
@@ -158,6 +261,7 @@ class StageWorker:
             if p not in sys.path:
                 sys.path.insert(0, p)
         os.environ.setdefault("REMFLOW_PROGRESS", "plain")
+        self.code = ImportRecord().install()  # the remflow source this worker runs, hashed as it is imported
         # torch and remflow are imported by the first remflow stage this worker runs, then stay imported
         import socket
 
@@ -174,6 +278,8 @@ class StageWorker:
 
     def run(self, spec: StageSpec) -> dict:
         out = run_stage(spec)
+        # the code of the in-process commands (for the commit-time check, `stale_code`)
+        out["code"] = dict(self.code.hashes) if out.pop("imported") else {}
         out["worker"] = self.where
         out["node"] = self.node
         return out
