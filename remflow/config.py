@@ -17,9 +17,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveInt,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -31,6 +33,9 @@ __all__ = [
     "REGULARITIES",
     "CORRUPTION_OF",
     "DATASETS",
+    "GENERIC_DATASETS",
+    "PLUGIN_REF",
+    "is_plugin",
     "ModelCfg",
     "RUN_NAME",
     "Strict",
@@ -43,6 +48,8 @@ __all__ = [
     "CnnCfg",
     "ResNet9Cfg",
     "ViTCfg",
+    "PluginModelCfg",
+    "PLUGIN_MODEL_TAG",
     "Recipe",
     "EtdCfg",
     "PretrainCfg",
@@ -58,6 +65,13 @@ Regularity = Literal["high", "medium", "low"]
 REGULARITIES: tuple[str, ...] = ("high", "medium", "low")
 CORRUPTION_OF = {"high": "backdoor", "medium": "interclass", "low": "random_labels"}
 DATASETS = ("digits", "fashion_mnist", "cifar10", "svhn")
+GENERIC_DATASETS = ("folder", "npz")  # the user's own data: an image tree or arrays (remflow/data/custom.py)
+# a plug-in from the user's own package: `data.dataset: mypkg.data:load`, `model.name: mypkg.nets:MyNet`
+PLUGIN_REF = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def is_plugin(name: object) -> bool:
+    return isinstance(name, str) and PLUGIN_REF.match(name) is not None
 
 
 class Strict(BaseModel):
@@ -88,8 +102,10 @@ class AugmentCfg(Strict):
 
 
 class DataCfg(Strict):
-    dataset: Literal["digits", "fashion_mnist", "cifar10", "svhn"] = "cifar10"
-    root: str | None = Field(None, description="folder with the dataset files (default: per dataset)")
+    dataset: str = Field("cifar10", description="digits | fashion_mnist | cifar10 | svhn | folder (an image tree) | "
+                         "npz (arrays) | <module>:<function> (a plug-in reader); docs/adding-a-dataset-or-model.md")
+    root: str | None = Field(None, description="folder with the dataset files (default: per dataset); folder: the "
+                             "tree holding train/ and test/; npz: the .npz file")
     download: bool = Field(False, description="cifar10/svhn/fashion_mnist: download when files are missing")
     val_fraction: float = Field(0.02, gt=0, lt=0.5, description="held out of the training set for model selection")
     test_fraction: float = Field(0.2, gt=0, lt=0.9, description="digits only: share held out as the test set")
@@ -97,6 +113,30 @@ class DataCfg(Strict):
     test_size: PositiveInt | None = Field(None, description="keep a seeded subset of the test set")
     split_seed: NonNegativeInt = 0
     augment: AugmentCfg = AugmentCfg()
+    resize: PositiveInt | None = Field(None, description="folder: resize every image to resize x resize pixels; "
+                                       "unset: images must all have one square size (others are refused)")
+    options: dict[str, Any] = Field({}, description="a plug-in reader's keyword arguments")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v):
+        if v in DATASETS or v in GENERIC_DATASETS or is_plugin(v):
+            return v
+        raise ValueError(f"unknown dataset; known: {', '.join(DATASETS + GENERIC_DATASETS)}, or a plug-in reader "
+                         "written <module>:<function>")
+
+    @model_validator(mode="after")
+    def _own_data_keys(self):
+        if self.resize is not None and self.dataset != "folder":
+            raise CrossError("data.resize", self.resize, "only the folder reader resizes images (data.dataset: folder)")
+        if self.options and not is_plugin(self.dataset):
+            raise CrossError("data.options", self.options, "options are passed to a plug-in reader only "
+                             "(data.dataset: <module>:<function>)")
+        if self.dataset in GENERIC_DATASETS and not self.root:
+            raise CrossError("data.root", self.root, f"data.dataset: {self.dataset} reads data.root (the "
+                             + ("folder holding train/ and test/" if self.dataset == "folder" else ".npz file")
+                             + "); set it")
+        return self
 
 
 class BackdoorCfg(Strict):
@@ -181,7 +221,29 @@ class ViTCfg(Strict):
     mlp_dim: PositiveInt = 768
 
 
-ModelCfg = Annotated[Union[CnnCfg, ResNet9Cfg, ViTCfg], Field(discriminator="name")]
+class PluginModelCfg(Strict):
+    """A model class from the user's own package (docs/adding-a-dataset-or-model.md): built as
+    `Class(in_channels=, num_classes=, image_size=, **options)`. REM and its variants need a WidenableNet (the
+    expansion interface of remflow/models/layers.py); every other method takes any torch.nn.Module."""
+
+    name: str = Field(pattern=PLUGIN_REF.pattern, description="<module>:<Class>, importable from the environment "
+                      "or the current folder")
+    options: dict[str, Any] = Field({}, description="keyword arguments of the class besides the data's shape")
+
+
+PLUGIN_MODEL_TAG = "<module>:<Class>"  # the plug-in's tag in the union (shown in `unknown model; known: ...`)
+
+
+def _model_tag(v: Any) -> str | None:
+    name = v.get("name") if isinstance(v, dict) else getattr(v, "name", None)
+    return PLUGIN_MODEL_TAG if is_plugin(name) else name
+
+
+ModelCfg = Annotated[
+    Union[Annotated[CnnCfg, Tag("cnn")], Annotated[ResNet9Cfg, Tag("resnet9")], Annotated[ViTCfg, Tag("vit")],
+          Annotated[PluginModelCfg, Tag(PLUGIN_MODEL_TAG)]],
+    Discriminator(_model_tag),
+]
 
 
 # ---------------------------------------------------------------- training recipes

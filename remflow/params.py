@@ -48,12 +48,17 @@ def resnet9_out_size(image: int) -> int:
 def cross_checks(p: ParamsBase) -> list[tuple[str, str, str]]:
     """The rules the stages enforce that involve several keys or the dataset's shape: (key, problem, given)."""
     problems: list[tuple[str, str, str]] = []
-    image, classes = DATASET_SHAPE[p.data.dataset]
     regs = set(p.grid.regularities)
     c = p.corruption
     if "medium" in regs and isinstance(c.count, int) and c.count % 2:
         problems.append(("corruption.count", "interclass confusion (`medium` in grid.regularities) needs an even "
                          "corrupted-set size: n/2 samples of each class", _short(c.count)))
+    from remflow.plugins import plugin_checks  # the user's own reader or model class: importable, fit for the grid
+
+    problems += plugin_checks(p, {name for name, m in REGISTRY.items() if m.uses_expansion})
+    if p.data.dataset not in DATASET_SHAPE:  # folder, npz, a plug-in: the data's shape rules run on the data
+        return problems
+    image, classes = DATASET_SHAPE[p.data.dataset]
     if "high" in regs:
         if c.backdoor.target >= classes:
             problems.append(("corruption.backdoor.target", f"target class outside 0..{classes - 1} of "
@@ -138,7 +143,7 @@ def _describe(err: dict) -> tuple[str, str, str]:
     # drop pydantic's union-tag segments (e.g. "rem" inside methods.rem.rem.beta, "cnn" in model.cnn.width)
     cleaned = []
     for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1] in ("model",) and part in ("cnn", "resnet9", "vit"):
+        if i > 0 and loc[i - 1] in ("model",) and part in ("cnn", "resnet9", "vit", PLUGIN_MODEL_TAG):
             continue
         if i > 1 and loc[i - 2] == "methods" and _is_method_tag(part):
             continue

@@ -4,6 +4,8 @@
 - fashion_mnist: the standard idx files (Debian package `dataset-fashion-mnist` by default).
 - cifar10: torchvision's `cifar-10-batches-py/` pickles, read with an unpickler that only builds arrays.
 - svhn: torchvision's `train_32x32.mat` / `test_32x32.mat`.
+- folder, npz and plug-in readers: the user's own data (custom.py); normalised by their training split's
+  statistics like the rest.
 
 `load_splits` carves the validation split out of the training set (model selection never sees the test
 set) and applies the optional seeded subsets used by smoke runs.
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from remflow.data import custom
 from remflow.errors import RemflowError
-from remflow.config import DataCfg
+from remflow.config import DataCfg, is_plugin
 
 DEFAULT_ROOTS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
@@ -45,6 +48,10 @@ class Splits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # position of each training / validation sample in the reader's training set (before the subset and the
+    # validation split): what a user's list of flagged samples refers to (`remflow clean`)
+    train_source: np.ndarray | None = None
+    val_source: np.ndarray | None = None
 
     @property
     def in_channels(self) -> int:
@@ -74,22 +81,29 @@ def load_splits(cfg: DataCfg) -> Splits:
         train_x, train_y, test_x, test_y = x, y, tx, ty
     elif name in _READERS:
         train_x, train_y, test_x, test_y = _cached(name, root, lambda: _READERS[name](root, cfg.download))
+    elif name == "npz":  # the user's own data (remflow/data/custom.py)
+        train_x, train_y, test_x, test_y = _cached(name, root, lambda: custom.read(cfg))
+    elif name == "folder" or is_plugin(name):  # decoded per call: an image tree's files lie deeper than _fingerprint
+        train_x, train_y, test_x, test_y = custom.read(cfg)
     else:  # pragma: no cover - the schema rejects other names
         raise RemflowError("unknown dataset", key="data.dataset", got=name)
 
+    source = np.arange(len(train_y))  # each training sample's position in what the reader returned
     if cfg.train_size is not None and cfg.train_size < len(train_y):
         keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(len(train_y))[: cfg.train_size])
-        train_x, train_y = train_x[keep], train_y[keep]
+        train_x, train_y, source = train_x[keep], train_y[keep], source[keep]
     if cfg.test_size is not None and cfg.test_size < len(test_y):
         keep = np.sort(np.random.default_rng([cfg.split_seed, 2]).permutation(len(test_y))[: cfg.test_size])
         test_x, test_y = test_x[keep], test_y[keep]
     val_x, val_y, train_x, train_y = _holdout(train_x, train_y, cfg.val_fraction, seed=cfg.split_seed)
+    val_source, _, train_source, _ = _holdout(source, source, cfg.val_fraction, seed=cfg.split_seed)
 
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     pixels = train_x.astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
-    return Splits(name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, mean, std)
+    return Splits(name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, mean, std, train_source,
+                  val_source)
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):

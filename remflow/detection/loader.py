@@ -41,6 +41,8 @@ def detection_checks(p) -> list[tuple[str, str, str]]:
     """The detection rules that need the dataset's shape (as remflow.params.cross_checks)."""
     from remflow.params import DATASET_SHAPE
 
+    if p.data.dataset not in DATASET_SHAPE:  # folder, npz, a plug-in: the shape rules run on the data
+        return []
     image, classes = DATASET_SHAPE[p.data.dataset]
     problems = []
     for name in p.detection.corruptions:

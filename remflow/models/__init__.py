@@ -1,4 +1,5 @@
-"""Models: ResNet-9, a small CNN and a small ViT, all implementing the expansion interface of layers.py."""
+"""Models: ResNet-9, a small CNN and a small ViT, all implementing the expansion interface of layers.py, and the
+user's own classes (remflow/plugins.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from remflow.models.cnn import SmallCNN
 from remflow.models.layers import SHARED_ID, Route, WidenableNet
 from remflow.models.resnet9 import ResNet9
 from remflow.models.vit import ViT
-from remflow.config import CnnCfg, ResNet9Cfg, ViTCfg
+from remflow.config import CnnCfg, PluginModelCfg, ResNet9Cfg, ViTCfg
 
 __all__ = ["SHARED_ID", "Route", "WidenableNet", "build_model", "count_params", "shape_signature"]
 
@@ -27,6 +28,10 @@ def build_model(cfg: Any, in_channels: int, num_classes: int, image_size: int) -
                                got=cfg.patch)
         return ViT(in_channels, num_classes, image_size, cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.dim_head,
                    cfg.mlp_dim)
+    if isinstance(cfg, PluginModelCfg):  # the user's own class (remflow/plugins.py)
+        from remflow.plugins import build_plugin_model
+
+        return build_plugin_model(cfg, in_channels, num_classes, image_size)
     raise RemflowError("unknown model", key="model.name", got=getattr(cfg, "name", cfg))  # pragma: no cover
 
 
