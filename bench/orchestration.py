@@ -59,10 +59,6 @@ def make_repo(path: Path, params: dict) -> Path:
     shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
     with open(path / "params.yaml", "w") as f:
         _yaml().dump(params, f)
-    from remflow.executor import codedeps
-    from remflow.detection.loader import load_params
-
-    codedeps.sync(path, load_params(path / "params.yaml"))
     _sh(path, "git", "init", "-q")
     _sh(path, "dvc", "init", "-q")
     (path / ".dvc" / "plots").mkdir(exist_ok=True)

@@ -32,6 +32,24 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _no_type_for_flags() -> None:
+    """typer's help shows a type beside every option, flags included (`--dry <bool>`, `--help <bool>`), though
+    a flag takes no value: show none for them."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_remflow", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._remflow = True
+    option.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
+
+
 def _wide() -> Console:
     """The console for tables: piped or captured output has no terminal width, so do not cut tables at 80 columns."""
     return out if out.is_terminal else Console(width=400)
@@ -282,10 +300,10 @@ def methods():
 
     base_fields = set(MethodConfig.model_fields)
     table = Table(title="remflow methods (defaults: the paper's; recipe fields left empty use `unlearn:`)")
-    table.add_column("method", style="bold")
-    table.add_column("what it does")
-    table.add_column("reference")
-    table.add_column("defaults")
+    table.add_column("method", style="bold", overflow="fold")
+    table.add_column("what it does", overflow="fold", ratio=3)
+    table.add_column("reference", overflow="fold", ratio=2)
+    table.add_column("defaults", overflow="fold", ratio=3)  # wrapped, never cut: every default is shown
     for name, m in REGISTRY.items():
         cfg = m.config()
         own = {k: v for k, v in cfg.model_dump().items() if k != "method" and (k not in base_fields or v is not None)}
@@ -298,23 +316,23 @@ def methods():
 def check(
     params: ParamsOpt = Path("params.yaml"),
     dvc: Annotated[Path, typer.Option(help="the pipeline file to check against the schema")] = Path("dvc.yaml"),
+    record: Annotated[Path | None, typer.Option(help="the pipeline's `check` stage: when everything is valid, "
+                                                "write each run's method-code fingerprint and the params-ok "
+                                                "marker to this folder")] = None,
 ):
-    """Validate params (every cross-field rule the stages enforce) and check that dvc.yaml's per-stage `params:`
-    lists match what each stage reads."""
-    from remflow.data.corruption import check_corruption
-    from remflow.data.datasets import load_splits
-    from remflow.pipeline_check import check_pipeline
+    """Validate params (every rule a stage would enforce, the dataset files included) and check that dvc.yaml's
+    per-stage `params:` lists match what each stage reads. Exit 2 on anything a run would refuse."""
+    from remflow.pipeline_check import check_data, check_pipeline
 
     p = _params(params)
-    try:  # the rules that need the training set itself; never downloads
-        splits = load_splits(p.data.model_copy(update={"download": False}))
-    except RemflowError as e:
-        splits = None
-        out.print(f"[yellow]note[/yellow]: the data-dependent checks (|D_c| against the training set) were "
-                  f"skipped: {escape(e.message)}")
-    if splits is not None:
-        check_corruption(p.corruption, p.grid.regularities, splits)
+    notes = check_data(p)
     n = check_pipeline(p, dvc)
+    if record is not None:
+        from remflow.codedeps import record as record_code
+
+        record_code(dvc.parent, p, record)
+    for note in notes:
+        err.print(f"[yellow]note[/yellow]: {escape(note)}")
     out.print(f"[green]ok[/green]: {params} is valid; {dvc} declares the params of its {n} stage definitions")
 
 
@@ -330,7 +348,6 @@ def run(
                                                             "many as the resources allow)")] = None,
     batch: Annotated[int, typer.Option(min=1, help="most finished stages per lock-file write")] = 64,
     dry: Annotated[bool, typer.Option("--dry", help="list the changed stages, run nothing")] = False,
-    sync: Annotated[bool, typer.Option("--sync", help="only refresh method-code/ from params' methods:")] = False,
     commit: Annotated[bool, typer.Option("--commit", help="run nothing: record the changed stages' present outputs "
                                          "under their current deps (`dvc commit`, one lock write); only for a "
                                          "change known to leave the outputs as they are")] = False,
@@ -339,7 +356,25 @@ def run(
     from remflow.executor.cli import run_command
 
     raise typer.Exit(run_command(Path("."), address=address, cpus=cpus, gpus=gpus, workers=workers, batch=batch,
-                                 dry=dry, sync=sync, commit=commit))
+                                 dry=dry, commit=commit))
+
+
+@app.command()
+@guarded
+def clean(
+    model: Annotated[Path, typer.Option(help="your trained model: a remflow checkpoint, or a state dict of params' "
+                                             "`model:` (.pt/.pth/.safetensors)")],
+    flagged: Annotated[Path, typer.Option(help="flagged training samples: one index (folder: or image path) a "
+                                               "line, or a JSON list")],
+    out: Annotated[Path, typer.Option(help="folder for the cleaned model.safetensors and record.json")],
+    method: Annotated[str, typer.Option(help="a registered method, or a run under `methods:`")] = "rem",
+    seed: Annotated[int, typer.Option(min=0, help="seed of the method's randomness")] = 0,
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Outside the grid: unlearn flagged samples from your own model on your own data (params' `data:`)."""
+    from remflow.clean import clean_command
+
+    clean_command(_params(params), method, model, flagged, out, seed)
 
 
 def main() -> None:
@@ -347,3 +382,17 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except Exception as e:  # a bug in remflow, not bad input (that is a RemflowError): one screen, not 100 lines
+        import os
+        import traceback
+
+        if os.environ.get("REMFLOW_DEBUG"):
+            raise
+        frames = traceback.extract_tb(e.__traceback__)
+        ours = [f for f in frames if "remflow" in f.filename] or frames
+        where = f"{ours[-1].filename}:{ours[-1].lineno} ({ours[-1].name})" if ours else "?"
+        err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
+                        "this is a bug in remflow, not a problem with your input; REMFLOW_DEBUG=1 shows the "
+                        "whole traceback (please include it in a report)",
+                        title="[red]remflow: unexpected error[/red]", title_align="left"))
+        sys.exit(1)

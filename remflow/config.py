@@ -178,6 +178,8 @@ class CorruptionCfg(Strict):
     @field_validator("count")
     @classmethod
     def _count(cls, v):
+        if v == 0:
+            raise ValueError("|D_c| must hold at least one sample: a count of 1 or more, or a fraction in (0, 1)")
         if isinstance(v, float) and not (0.0 < v < 1.0):
             raise ValueError("a fraction must lie in (0, 1); write a count as an integer (1000, not 1000.0)")
         return v

@@ -131,8 +131,18 @@ def validate(raw: Any, path: str = "params.yaml") -> ParamsBase:
     return p
 
 
+def read_params(path: str | Path) -> Any:
+    """params.yaml's parsed content; an empty file is refused (the schema's defaults would silently pick a
+    dataset and a grid nobody asked for)."""
+    raw = read_yaml(path)
+    if raw is None or raw == {}:
+        raise ParamsError(str(path), [("(top level)", "the params file is empty: nothing says what to run (start "
+                                       "from the repository's params.yaml)", _short(raw))])
+    return raw
+
+
 def load_params(path: str | Path = "params.yaml") -> ParamsBase:
-    return validate(read_yaml(path), str(path))
+    return validate(read_params(path), str(path))
 
 
 def _describe(err: dict) -> tuple[str, str, str]:

@@ -1,4 +1,5 @@
-"""`remflow check`: dvc.yaml must declare, per stage, exactly the params sections its command reads.
+"""`remflow check`: the rules that need the data (check_data), and dvc.yaml must declare, per stage, exactly the
+params sections its command reads.
 
 An under-declared stage silently keeps a stale cache when that section changes; an over-declared one reruns
 for nothing. STAGE_READS is the one list of what each command reads; stages.py follows it.
@@ -18,6 +19,7 @@ RUNTIME_RESULT_KEYS = ("runtime.device", "runtime.threads", "runtime.compile", "
 
 # what each command reads from params.yaml (besides validating all of it)
 STAGE_READS: dict[str, set[str]] = {
+    "check": set(),  # reads all of params.yaml: it depends on the file itself
     "corrupt": {"data", "corruption"},
     "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
     "discover": set(),
@@ -93,3 +95,25 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
     if n == 0:
         raise RemflowError("no stage runs a remflow command", key=str(dvc_path))
     return n
+
+
+def check_data(p) -> list[str]:
+    """The rules that need the training set itself: its files are there (an error unless data.download is on),
+    |D_c| fits it. Returns notes on what runs but may not be what was meant."""
+    from remflow.data.corruption import check_corruption, corrupted_size
+    from remflow.data.datasets import load_splits
+
+    try:  # never downloads
+        splits = load_splits(p.data.model_copy(update={"download": False}))
+    except RemflowError as e:
+        if not p.data.download:
+            raise
+        return [f"the dataset files are not there yet; its stages will download them (data.download): {e.message}"]
+    check_corruption(p.corruption, p.grid.regularities, splits)
+    n = corrupted_size(p.corruption, len(splits.train_y))
+    drawn: dict[int, list[float]] = {}
+    for rate in p.grid.discovery_rates:
+        drawn.setdefault(max(1, int(round(rate * n))), []).append(rate)
+    return [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
+            f"cells run on the same D_f (raise corruption.count to tell them apart)"
+            for k, rates in drawn.items() if len(rates) > 1]

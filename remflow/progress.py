@@ -1,5 +1,6 @@
-"""Progress on stderr: a rich bar with ETA in a terminal, one plain line per epoch otherwise (dvc repro in CI,
-dvc queue logs). Results never go here; they go to files."""
+"""Progress on stderr: a rich bar with ETA in a terminal; otherwise (dvc repro piped to a file, CI) one line when
+a training run ends and at most one every 30 s while it runs. REMFLOW_PROGRESS=plain prints a line per epoch
+(remflow run's stage logs, the tests). Results never go here; they go to files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 err = Console(stderr=True, highlight=False)
+BRIEF_EVERY_S = 30.0  # off a terminal, without REMFLOW_PROGRESS=plain: at most one line this often
 
 
 def _interactive() -> bool:
@@ -34,7 +36,7 @@ class Progress:
         self.label, self.total, self.unit = label, total, unit
         self.done = 0
         self.info = ""
-        self.t0 = time.perf_counter()
+        self.t0 = self._said = time.perf_counter()
         self._live = None
         self._task = None
 
@@ -56,9 +58,12 @@ class Progress:
         if self._live is not None:
             self._live.update(self._task, advance=n, info=self.info)
         else:
-            dt = time.perf_counter() - self.t0
-            print(f"[{self.label}] {self.unit} {self.done}/{self.total}  {self.info}  ({dt:.1f}s)", file=sys.stderr,
-                  flush=True)
+            now = time.perf_counter()
+            if (os.environ.get("REMFLOW_PROGRESS") == "plain" or self.done >= self.total
+                    or now - self._said >= BRIEF_EVERY_S):
+                self._said = now
+                print(f"[{self.label}] {self.unit} {self.done}/{self.total}  {self.info}  ({now - self.t0:.1f}s)",
+                      file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:

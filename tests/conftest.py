@@ -162,14 +162,6 @@ class DvcRepo:
         write_yaml(self.path / "params.yaml", data)
 
 
-def sync_method_code(path: Path) -> None:
-    """method-code/<run>/: the links to the method modules each run executes (its unlearn cells' code deps)."""
-    from remflow.detection.loader import load_params
-    from remflow.executor import codedeps
-
-    codedeps.sync(path, load_params(path / "params.yaml"))
-
-
 def make_dvc_repo(path: Path, params_over: dict, dvc_yaml: Path = ROOT / "dvc.yaml") -> DvcRepo:
     """A git+DVC repository holding remflow's pipeline, a code copy (the stages' code deps) and small params."""
     path.mkdir(parents=True)
@@ -177,7 +169,6 @@ def make_dvc_repo(path: Path, params_over: dict, dvc_yaml: Path = ROOT / "dvc.ya
     shutil.copytree(ROOT / "remflow", path / "remflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
     write_yaml(path / "params.yaml", merge(root_params(), params_over))
-    sync_method_code(path)
     repo = DvcRepo(path)
     repo.run("git", "init", "-q", "-b", "main")
     repo.run("dvc", "init", "-q")

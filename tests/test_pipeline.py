@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -54,7 +55,7 @@ def test_adding_a_discovery_rate_runs_only_the_new_cells(repo):
     p["grid"]["discovery_rates"].append(0.2)
     repo.set_params(p)
     ran = set(repo.ran_stages(repo.run("dvc", "repro")))
-    assert ran == {"discover@high-0.2-0", "unlearn@none-high-0.2-0", "unlearn@finetune-high-0.2-0",
+    assert ran == {"check", "discover@high-0.2-0", "unlearn@none-high-0.2-0", "unlearn@finetune-high-0.2-0",
                    "unlearn_etd@none-high-0.2-0", "evaluate"}
     metrics = json.loads((repo.path / "metrics.json").read_text())
     assert "r20" in metrics["cells"]["finetune"]["high"]
@@ -70,6 +71,86 @@ def test_same_params_same_bytes(repo):
     for f in files:
         assert f.read_bytes() == before[f], f
     assert (repo.path / "metrics.json").read_text() == metrics
+
+
+def _outputs(repo) -> dict:
+    files = [f for pattern in ("artifacts/corrupt/*.json", "artifacts/discover/*.json", "artifacts/pretrain/**/*",
+                               "runs/**/*") for f in repo.path.glob(pattern) if f.is_file()]
+    return {f: f.read_bytes() for f in files}
+
+
+def test_bad_input_under_dvc_repro_removes_no_output(repo):
+    """The `check` stage runs first and refuses what a stage would refuse, so DVC stops before it removes the
+    outputs of the stages the change makes stale."""
+    before = _outputs(repo)
+    assert len(before) >= 20
+    good = repo.params()
+    bad = copy.deepcopy(good)
+    bad["corruption"]["count"] = 100000  # valid YAML and schema, more than digits' training set
+    repo.set_params(bad)
+    res = repo.run("dvc", "repro", check=False)
+    assert res.returncode != 0
+    assert "corruption.count" in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert repo.ran_stages(res) == ["check"]
+    assert _outputs(repo) == before  # every manifest, checkpoint and run as it was
+    repo.set_params(good)
+    assert set(repo.ran_stages(repo.run("dvc", "repro"))) <= {"check"}
+    assert _outputs(repo) == before
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_under_dvc_repro(repo):
+    """README: a new entry under `methods:` and in the grid runs with plain `dvc repro`, nothing to sync first;
+    only its own cells (and the scoring) run."""
+    good = repo.params()
+    p = copy.deepcopy(good)
+    p["methods"]["rem_keep05"] = {"method": "rem", "keep": 0.5}
+    p["grid"]["methods"].append("rem_keep05")
+    repo.set_params(p)
+    ran = set(repo.ran_stages(repo.run("dvc", "repro")))
+    rates = p["grid"]["discovery_rates"]
+    assert ran == {"check", "evaluate"} | {f"unlearn@rem_keep05-high-{r}-0" for r in rates}
+    assert "rem_keep05" in json.loads((repo.path / "metrics.json").read_text())["summary"]
+    assert (repo.path / "artifacts" / "code" / "rem_keep05.json").is_file()
+    repo.set_params(good)
+    ran = set(repo.ran_stages(repo.run("dvc", "repro")))
+    assert ran == {"check", "evaluate"}
+    assert not (repo.path / "artifacts" / "code" / "rem_keep05.json").exists()
+
+
+def test_dry_and_refused_params_leave_the_worktree_as_it_was(repo):
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "state", check=False)
+    before = repo.run("git", "status", "--porcelain").stdout
+    res = repo.run("remflow", "run", "--dry")
+    assert res.stdout.strip() == "", res.stdout  # nothing changed, nothing listed
+    assert repo.run("git", "status", "--porcelain").stdout == before
+    params = repo.path / "params.yaml"
+    text = params.read_text()
+    params.write_text("")
+    for args in (["run"], ["run", "--dry"], ["check"]):
+        res = repo.run("remflow", *args, check=False)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "empty" in res.stderr and "Traceback" not in res.stderr
+    params.write_text(text)
+    assert repo.run("git", "status", "--porcelain").stdout == before
+
+
+@pytest.mark.slow
+def test_remflow_run_takes_from_the_run_cache_what_dvc_repro_would(repo):
+    """unlearn.epochs 2 -> 1 -> 2: the third run re-trains nothing (DVC's run cache holds every stage)."""
+    good = repo.params()
+    p = copy.deepcopy(good)
+    p["unlearn"]["epochs"] = 1
+    repo.set_params(p)
+    first = repo.run("remflow", "run")
+    assert "restored from DVC's run cache" not in first.stderr.split("stages on")[0]
+    repo.set_params(good)
+    back = repo.run("remflow", "run")
+    lines = [line for line in back.stderr.splitlines() if line.startswith("[") and "unlearn" in line]
+    assert lines and all("restored from DVC's run cache" in line for line in lines), back.stderr
+    assert "up to date" in repo.run("dvc", "status").stdout
 
 
 @pytest.mark.slow

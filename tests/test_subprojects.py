@@ -1,15 +1,16 @@
 """Suites that do not weigh on each other: each is its own DVC project, and a stage declares only the code it
-runs (file dependencies; an unlearn cell's method modules through method-code/<run>/)."""
+runs (file dependencies; an unlearn cell's method modules through the fingerprint the `check` stage writes)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
 
-from remflow.executor import codedeps
+from remflow import codedeps
 from remflow.detection.loader import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,52 +55,61 @@ def test_pretraining_does_not_depend_on_unlearning_code():
     assert not [d for d in deps if "methods" in d or "method-code" in d or d.endswith("losses.py")]
 
 
-@pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)
-def test_method_code_links_match_params(project):
-    assert codedeps.check(project, load_params(project / "params.yaml")) == []
+def test_no_project_carries_method_code_links():
+    # the links of earlier versions: the `check` stage's fingerprints replaced them
+    assert not [p for p in PROJECTS if (p / "method-code").exists()]
 
 
-def test_a_cell_depends_on_its_own_method_modules_only():
-    from dvc.repo import Repo
+def test_a_cell_depends_on_its_own_method_modules_only(tmp_path):
+    p = load_params(ROOT / "pipelines" / "digits-full" / "params.yaml")
+    codedeps.record(ROOT, p, tmp_path)
 
-    with Repo(str(ROOT / "pipelines" / "digits-full")) as repo:
-        stages = {s.name: s for s in repo.index.stages}
+    def methods_files(run):
+        return set(json.loads((tmp_path / f"{run}.json").read_text())["files"])
 
-        def methods_files(addressing):
-            found = set()
-            for dep in stages[addressing].deps:
-                path = Path(dep.fs_path)
-                if path.is_dir():
-                    found |= {Path(os.path.realpath(f)).name for f in path.iterdir()}
-                elif "methods" in path.parts:
-                    found.add(path.name)
-            return found
-
-        rem = methods_files("unlearn@rem-high-0.1-0")
-        assert {"rem.py", "forgetting.py", "base.py"} <= rem and "scrub.py" not in rem
-        assert methods_files("unlearn@scrub-high-0.1-0") == {"scrub.py", "base.py"}
-        assert methods_files("unlearn@finetune-high-0.1-0") == {"finetune.py", "base.py"}
-        assert methods_files("unlearn@rem_ga-high-0.1-0") == rem  # an ablation runs rem.py's code
-        assert "rem.py" in methods_files("unlearn_etd@rem-high-0.1-0")
+    rem = methods_files("rem")
+    assert {"rem.py", "forgetting.py", "base.py"} <= rem and "scrub.py" not in rem
+    assert methods_files("scrub") == {"scrub.py", "base.py"}
+    assert methods_files("finetune") == {"finetune.py", "base.py"}
+    assert methods_files("rem_ga") == rem  # an ablation runs rem.py's code
+    spec = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
+    for stage in ("unlearn", "unlearn_etd", "unlearn_x"):
+        assert "artifacts/code/${item.method}.json" in spec["stages"][stage]["deps"]
+    for stage in ("corrupt", "corrupt_x"):  # every stage runs after `check`
+        assert "artifacts/code/params-ok" in spec["stages"][stage]["deps"]
 
 
-def test_a_renamed_run_links_its_method_module(tmp_path):
-    (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
-    p = load_params(ROOT / "params.yaml").model_copy()
+def _raw_root_params():
+    return YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+
+
+def test_a_renamed_run_gets_its_method_fingerprint_and_a_removed_run_loses_it(tmp_path):
     from remflow.detection.loader import validate
 
-    raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
-    raw["methods"]["rem_keep05"] = {"method": "rem"}
-    p = validate(raw)
-    assert codedeps.check(tmp_path, p)  # nothing there yet
-    assert codedeps.sync(tmp_path, p)
-    assert codedeps.check(tmp_path, p) == []
-    linked = {f.name: os.path.realpath(f) for f in (tmp_path / "method-code" / "rem_keep05").iterdir()}
-    assert linked["rem.py"] == str((ROOT / "remflow" / "methods" / "rem.py").resolve())
-    assert not codedeps.sync(tmp_path, p)  # in sync: nothing rewritten
+    (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
+    raw = _raw_root_params()
+    raw["methods"]["rem_keep05"] = {"method": "rem", "keep": 0.5}
+    out = tmp_path / "artifacts" / "code"
+    assert "rem_keep05.json" in codedeps.record(tmp_path, validate(raw), out)
+    assert json.loads((out / "rem_keep05.json").read_text()) == json.loads((out / "rem.json").read_text())
+    mtime = (out / "rem.json").stat().st_mtime_ns
+    assert codedeps.record(tmp_path, validate(raw), out) == []  # nothing changed: nothing rewritten
+    assert (out / "rem.json").stat().st_mtime_ns == mtime
     del raw["methods"]["rem_keep05"]
-    codedeps.sync(tmp_path, validate(raw))
-    assert not (tmp_path / "method-code" / "rem_keep05").exists()
+    assert codedeps.record(tmp_path, validate(raw), out) == ["rem_keep05.json"]
+    assert not (out / "rem_keep05.json").exists()
+
+
+def test_a_docstring_edit_keeps_the_fingerprint_and_a_code_edit_changes_it():
+    src = (ROOT / "remflow" / "methods" / "scrub.py").read_text()
+    h = codedeps.source_hash(src)
+    tree_doc = src.index('"""') + 3
+    assert codedeps.source_hash(src[:tree_doc] + "Reworded. " + src[tree_doc:]) == h
+    assert codedeps.source_hash(src.replace("def ", "def  ", 1)) != h
+    assert codedeps.source_hash(src + "\nX = 1\n") != h
+    fn = 'def f(x):\n    """Doc."""\n    return x\n'
+    assert codedeps.source_hash(fn) == codedeps.source_hash(fn.replace("Doc.", "Other doc,\n    two lines."))
+    assert codedeps.source_hash(fn) != codedeps.source_hash(fn.replace("return x", "return -x"))
 
 
 @pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)

@@ -15,7 +15,7 @@ from pydantic import ValidationError, create_model, model_validator
 
 from remflow.config import CrossError, ParamsBase
 from remflow.detection.config import FAMILY, DetectionCfg
-from remflow.params import ParamsError, _describe, _short, cross_checks, read_yaml
+from remflow.params import ParamsError, _describe, _short, cross_checks, read_params
 from remflow.params import schema as base_schema
 
 
@@ -72,7 +72,7 @@ def validate(raw: Any, path: str = "params.yaml"):
 
 
 def load_params(path: str | Path = "params.yaml"):
-    return validate(read_yaml(path), str(path))
+    return validate(read_params(path), str(path))
 
 
 def _describe_detection(err: dict) -> tuple[str, str, str]:

@@ -31,9 +31,4 @@ def options_from(root: Path, cpus=None, gpus=None, workers=None, address=None, *
 
 
 def run_suite(root: Path, opts: Options, params=None, view=None) -> Report:
-    from remflow.executor import codedeps
-
-    root = Path(root)
-    if params is not None and codedeps.uses_method_code(root / "dvc.yaml"):
-        codedeps.sync(root, params)
-    return execute(root, opts, view)
+    return execute(Path(root), opts, view)

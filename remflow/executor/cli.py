@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from remflow.errors import RemflowError
 
 
-def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, commit=False) -> int:
-    from remflow.executor import codedeps, commit_only, options_from, run_suite
+def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=False) -> int:
+    from remflow.executor import commit_only, options_from, run_suite
     from remflow.executor.view import View
 
     err = Console(stderr=True, highlight=False)
@@ -23,24 +25,27 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, c
         raise RemflowError("more than one GPU per run must be a whole number", key="--gpus", got=gpus)
     opts, params = options_from(root, cpus=cpus, gpus=gpus, workers=workers, address=address, batch=batch,
                                 dry=dry)
-    if sync:
-        if params is None:
-            raise RemflowError("no params.yaml here", key=str(root))
-        changed = codedeps.sync(root, params)
-        err.print(f"{codedeps.FOLDER}/ {'refreshed' if changed else 'already in sync'}")
-        return 0
+    if params is not None and not dry and not commit and "remflow check" in (root / "dvc.yaml").read_text():
+        from remflow.pipeline_check import check_data
+
+        # a remflow pipeline: missing dataset files or |D_c| beyond the data are refused before any stage's
+        # outputs are removed (its `check` stage runs only when params.yaml or the method code changed)
+        check_data(params)
     if commit:
-        n = commit_only(root)
+        with dvc_errors(root):
+            n = commit_only(root)
         err.print(f"{n} stages committed as they are (nothing ran)" if n else "Data and pipelines are up to date.")
         return 0
     view = None if dry else View()
-    report = run_suite(root, opts, params, view)
+    with dvc_errors(root):
+        report = run_suite(root, opts, params, view)
     if dry:
         for name in report.left:
             print(name)
         err.print(f"{report.planned} stages would run")
         return 0
     _summary(err, report)
+    _print_tables(root, report)
     stats = os.environ.get("REMFLOW_RUN_STATS")
     if stats:  # for bench/orchestration.py
         Path(stats).write_text(json.dumps({
@@ -49,6 +54,50 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, sync, c
             "commits": report.commits, "rerun": report.rerun, "nodes": len(report.nodes),
             "stage_times": report.stage_times}))
     return report.exit_code
+
+
+@contextmanager
+def dvc_errors(root: Path):
+    """DVC's own errors about the project (a dvc.lock or dvc.yaml that does not parse, a `${...}` that does not
+    resolve, a missing dependency) as remflow's one-screen message and exit code 2, not a traceback."""
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except DvcException as e:
+        text = str(e).strip() or type(e).__name__
+        cause = e.__cause__
+        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else None
+        first = text.splitlines()[0]
+        where = next((f for f in ("dvc.lock", "dvc.yaml", "params.yaml") if f in text), str(root))
+        hint = {
+            "dvc.lock": "restore it from git (`git checkout dvc.lock`), or delete it to record every stage anew",
+            "dvc.yaml": "fix the file (`git diff dvc.yaml` shows what changed); `remflow check` checks it",
+            "params.yaml": "`remflow check` says which key",
+        }.get(where, "`dvc status` shows the same problem")
+        raise RemflowError(f"DVC cannot read this project: {first}", key=where,
+                           got=detail if detail and detail not in first else None, hint=hint) from None
+
+
+def _last_error(log: str, limit: int = 6) -> list[str]:
+    """The lines of a failed stage's log that say why: its last non-empty lines (a remflow error panel or a
+    traceback's last line)."""
+    try:
+        lines = [line.rstrip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []
+    if lines and any(line.startswith("Traceback") for line in lines):
+        return lines[-1:]
+    return lines[-limit:]
+
+
+def _print_tables(root: Path, report) -> None:
+    """The evaluate stage's tables, which its log holds: what `dvc repro` would have shown at the end."""
+    for name in report.done:
+        if name.split(":")[-1] == "evaluate":
+            log = Path(report.logs.get(name, ""))
+            if log.is_file():
+                print(log.read_text(errors="replace"), end="", flush=True)
 
 
 def _summary(err: Console, r) -> None:
@@ -61,9 +110,18 @@ def _summary(err: Console, r) -> None:
               f"commits {s.get('commit', 0) + s.get('lock write', 0):.1f}s)")
     if r.rerun:
         err.print(f"[yellow]ran again after a worker died:[/yellow] {', '.join(r.rerun)}")
+    if r.restored or r.unchanged:
+        err.print(f"{len(r.restored)} restored from DVC's run cache, {len(r.unchanged)} up to date once their "
+                  "upstream stages ran (nothing ran for them)")
     for name, log in r.failed.items():
-        err.print(f"[red]failed:[/red] {name} (log: {log})")
+        err.print(f"[red]failed:[/red] {escape(name)} (log: {escape(log)})")
+        for line in _last_error(log):
+            err.print(f"    {escape(line)}", soft_wrap=True)
     if r.skipped:
-        err.print(f"[red]skipped[/red] (an upstream stage failed): {', '.join(sorted(r.skipped))}")
+        by: dict[str, int] = {}
+        for failed in r.skipped.values():
+            by[failed] = by.get(failed, 0) + 1
+        for failed, n in by.items():
+            err.print(f"[red]skipped[/red] {n} stage{'s' * (n != 1)} that depend on {escape(failed)}")
     if r.interrupted:
         err.print(f"[yellow]interrupted:[/yellow] {len(r.done)} committed, {len(r.left)} left for the next run")

@@ -49,12 +49,15 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)  # stage -> log file
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> the failed stage it depends on
     left: list[str] = field(default_factory=list)  # not run (interrupted)
+    restored: list[str] = field(default_factory=list)  # outputs checked out from DVC's run cache, nothing ran
+    unchanged: list[str] = field(default_factory=list)  # still up to date once their upstream stages ran
     rerun: list[str] = field(default_factory=list)  # ran again after its worker died
     interrupted: bool = False
     workers: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # where the coordinator's time went
     stage_seconds: float = 0.0  # sum of the stages' own wall time in the workers
     stage_times: dict[str, float] = field(default_factory=dict)  # stage -> its wall time in a worker
+    logs: dict[str, str] = field(default_factory=dict)  # stage -> its log file (stages that ran in a worker)
     commits: int = 0
     nodes: set = field(default_factory=set)  # Ray nodes that ran stages
 
@@ -87,8 +90,10 @@ class _Timer:
         return _T()
 
 
-def plan(repo) -> tuple[list, dict, dict]:
-    """The stages `dvc repro` would run, upstream first; each stage's upstream and downstream among them."""
+def plan(repo, changed: set | None = None) -> tuple[list, dict, dict]:
+    """The stages `dvc repro` would run, upstream first; each stage's upstream and downstream among them.
+    `changed`, when given, receives the stages changed now; the others are picked because a stage they depend
+    on will run, and the run asks DVC again once that stage is committed (as `dvc repro` does)."""
     import networkx as nx
     from dvc.stage import PipelineStage
 
@@ -101,9 +106,13 @@ def plan(repo) -> tuple[list, dict, dict]:
         if not isinstance(stage, PipelineStage) or not stage.cmd or stage.frozen:
             continue
         upstream = [u for u in graph.successors(stage) if u in picked]
-        if upstream or stage.changed():
-            chosen.append(stage)
-            picked.add(stage)
+        if stage.changed():
+            if changed is not None:
+                changed.add(stage)
+        elif not upstream:
+            continue
+        chosen.append(stage)
+        picked.add(stage)
     ups = {s: [u for u in graph.successors(s) if u in picked] for s in chosen}
     downs: dict = {s: [] for s in chosen}
     for s, us in ups.items():
@@ -161,8 +170,9 @@ def execute(root: Path, opts: Options, view=None) -> Report:
             view.note("Ctrl-C: committing what finished; the next run does the rest (Ctrl-C again to abort)")
 
     with repo.lock, repo.scm_context(quiet=True), cached_param_reads():
+        changed: set = set()
         with timed("status"):
-            stages, ups, downs = plan(repo)
+            stages, ups, downs = plan(repo, changed)
         report.planned = len(stages)
         if opts.dry or not stages:
             report.left = [s.addressing for s in stages]
@@ -170,7 +180,7 @@ def execute(root: Path, opts: Options, view=None) -> Report:
             return report
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop)
+            _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop, changed)
         finally:
             signal.signal(signal.SIGINT, previous)
     repo.close()
@@ -178,18 +188,18 @@ def execute(root: Path, opts: Options, view=None) -> Report:
     return report
 
 
-def _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop):
+def _drive(repo, root, stages, ups, downs, opts, report, timed, view, stop, changed=None):
     with timed("ray start"):
         ray, started = _start_ray(opts)
     try:
-        _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop)
+        _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, changed)
     finally:
         if started:
             with timed("ray stop"):
                 ray.shutdown()
 
 
-def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
+def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, changed=None):
     from remflow.executor.worker import StageWorker
 
     slots = _cluster_slots(ray, opts)
@@ -216,6 +226,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
     saved: list = []  # committed to the cache, not yet written to dvc.lock
     locks: dict = {}  # lock file path -> LockText
     attempts: dict = {}
+    asked: set = set()  # ready stages already asked whether they need to run
     dead: set = set()  # failed or skipped
     last_write = time.perf_counter()
     log_dir = root / LOG_DIR
@@ -250,10 +261,22 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
             fail(stage, log)
             return
         saved.append(stage)
+        release(stage)
+
+    def release(stage) -> None:
+        """`stage` is committed (or needed no run): the stages that waited on it may start."""
         for d in downs[stage]:
             waiting_on[d] -= 1
             if waiting_on[d] == 0 and d not in dead:
                 ready.append(d)
+
+    def needs_run(stage) -> bool:
+        """Ask DVC again about a stage picked only because an upstream stage was to run: that stage is
+        committed now, and if it wrote the same bytes this one is up to date (`dvc repro` skips it too)."""
+        if changed is None or stage in changed:
+            return True
+        with timed("status"):
+            return stage.changed()
 
     def write_lock() -> None:
         """One atomic lock write per lock file for every stage committed since the last one."""
@@ -276,14 +299,34 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                          {"DVC_ROOT": str(root), "DVC_STAGE": stage.addressing})
 
     while (ready or running or finished or saved) and not stop["now"]:
-        # hand ready stages to idle workers
-        while ready and idle and not stop["now"]:
-            stage = ready.popleft()
+        # hand ready stages to idle workers; what DVC's run cache holds is checked out, not run (`dvc repro`)
+        while ready and not stop["now"]:
+            stage = ready[0]
             if stage in dead:
+                ready.popleft()
                 continue
-            actor = idle.popleft()
+            if stage not in asked and not needs_run(stage):
+                ready.popleft()
+                report.unchanged.append(stage.addressing)
+                release(stage)
+                if view is not None:
+                    view.restored(stage.addressing, "up to date")
+                continue
+            asked.add(stage)  # needs_run asked once
+            if not idle:
+                break
+            ready.popleft()
             with timed("remove outputs"):
                 _remove_outs(stage)
+            with timed("run cache"):
+                hit = _restore_from_run_cache(repo, stage)
+            if hit:
+                report.restored.append(stage.addressing)
+                finished.append(stage)
+                if view is not None:
+                    view.restored(stage.addressing, "restored from DVC's run cache")
+                continue
+            actor = idle.popleft()
             with timed("dispatch"):
                 fut = actor.run.remote(spec(stage))
             running[fut] = (stage, actor, time.perf_counter())
@@ -324,8 +367,38 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop):
                 idle.append(actor)
                 report.stage_seconds += out["seconds"]
                 report.stage_times[stage.addressing] = out["seconds"]
+                report.logs[stage.addressing] = str(log_dir / _log_name(stage.addressing))
                 report.nodes.add(out.get("node", ""))
                 if out["rc"] == 0:
+                    from remflow.executor.worker import code_changed_message, stale_code
+
+                    stale = stale_code([d.fs_path for d in stage.deps], out.get("code"))
+                    if stale:  # its worker ran older code than the files DVC would record: not committed
+                        log = str(log_dir / _log_name(stage.addressing))
+                        again = attempts[stage] <= opts.retries
+                        msg = code_changed_message(stage.addressing, stale, again)
+                        with open(log, "a") as f:
+                            print(msg, file=f)
+                        with timed("remove outputs"):
+                            _remove_outs(stage)
+                        idle.remove(actor)  # it keeps the old code: a fresh worker imports the files as they are
+                        try:
+                            ray.kill(actor)
+                        except Exception:  # noqa: BLE001
+                            pass
+                        idle.append(new_worker())
+                        if view is not None:
+                            from rich.markup import escape
+
+                            getattr(view, "running", {}).pop(id(actor), None)
+                            view.note(escape(msg))
+                        else:
+                            print(msg, file=sys.stderr)
+                        if again:
+                            ready.appendleft(stage)
+                        else:
+                            fail(stage, log)
+                        continue
                     finished.append(stage)
                     if view is not None:
                         view.finished(stage.addressing, id(actor), out["seconds"], out.get("worker", ""))
@@ -403,16 +476,31 @@ def _write_locks(repo, batch, stages, locks: dict) -> None:
     """Write the lock entries of the committed stages in `batch`: one atomic write per lock file they belong
     to, each file's entries in `stages`' order. `locks` (lock file path -> LockText) keeps the parsed texts
     between batches; the files are staged in git as `dvc repro` stages them."""
+    from remflow.executor.dvcio import lock_path
+
     by_lock: dict = {}
     for stage in batch:
-        lockfile = stage.dvcfile._lockfile
-        by_lock.setdefault(lockfile.path, (lockfile, []))[1].append(stage)
-    for path, (lockfile, group) in by_lock.items():
+        by_lock.setdefault(lock_path(stage.dvcfile), []).append(stage)
+    for path, group in by_lock.items():
         if path not in locks:
             locks[path] = LockText(path, order=[st.name for st in stages])
         locks[path].update(group)
         locks[path].write()
-        repo.scm_context.track_file(lockfile.relpath)
+        repo.scm_context.track_file(os.path.relpath(path))  # as DVC's Lockfile does: relative to cwd
+
+
+def _restore_from_run_cache(repo, stage) -> bool:
+    """What `dvc repro` does before running a stage: when DVC's run cache holds a run of this command with
+    these deps and params, check its outputs out of the cache. True when it did."""
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    try:
+        repo.stage_cache.restore(stage)
+    except RunCacheNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001  a damaged cache entry: run the stage instead
+        return False
+    return True
 
 
 def _remove_outs(stage) -> None:

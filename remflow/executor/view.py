@@ -55,6 +55,15 @@ class View:
         if not self.live_mode:
             self._print(f"[{self.ran}/{self.total}] {stage} ({seconds:.1f}s, {where})")
 
+    def restored(self, stage: str, how: str) -> None:
+        """A stage that needed no worker: checked out of DVC's run cache (committed later, as a run is), or up
+        to date after all (nothing to commit)."""
+        self.ran += 1
+        if how == "up to date":
+            self.done += 1
+        if not self.live_mode:
+            self._print(f"[{self.ran}/{self.total}] {stage} ({how})")
+
     def committed(self, n: int) -> None:
         self.done += n
 

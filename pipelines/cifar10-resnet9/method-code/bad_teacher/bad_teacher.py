@@ -1,1 +1,0 @@
-../../../../remflow/methods/bad_teacher.py

@@ -1,1 +1,0 @@
-../../../../remflow/methods/base.py

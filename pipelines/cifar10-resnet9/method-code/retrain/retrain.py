@@ -1,1 +1,0 @@
-../../../../remflow/methods/retrain.py

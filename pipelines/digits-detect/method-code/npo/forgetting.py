@@ -1,1 +1,0 @@
-../../../../remflow/methods/forgetting.py

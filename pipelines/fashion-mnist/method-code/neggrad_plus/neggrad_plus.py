@@ -1,1 +1,0 @@
-../../../../remflow/methods/neggrad_plus.py

@@ -1,1 +1,0 @@
-../../../../remflow/methods/npo.py

@@ -1,0 +1,188 @@
+"""A new user's first hour: bad input gets one screen and exit code 2 (never a traceback), `check` refuses what a
+run would refuse, `--dry` writes nothing, and `remflow run` restores what DVC's run cache holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from remflow.cli import app
+from test_executor import _env, _sh, tiny  # noqa: F401  (tiny: the shell pipeline a -> b@1..4 -> c)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _remflow(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "remflow", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _one_screen(r: subprocess.CompletedProcess) -> None:
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert len(text.splitlines()) <= 25, text
+
+
+def _git_status(repo: Path) -> str:
+    return _sh(repo, "git", "status", "--porcelain").stdout
+
+
+# ---------------------------------------------------------------- DVC's files broken by hand
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_corrupted_dvc_lock_gives_one_screen(tiny, dry):  # noqa: F811
+    (tiny / "dvc.lock").write_text("schema: '2.0'\nstages: [\n")
+    r = _remflow(tiny, "run", *(["--dry"] if dry else []))
+    _one_screen(r)
+    assert "dvc.lock" in r.stderr and "git checkout dvc.lock" in r.stderr
+    assert (tiny / "dvc.lock").read_text() == "schema: '2.0'\nstages: [\n"  # left as it was
+
+
+def test_a_lock_of_another_schema_gives_one_screen(tiny):  # noqa: F811
+    (tiny / "dvc.lock").write_text("schema: '9.9'\nstages:\n  a:\n    cmd: nothing\n")
+    _one_screen(_remflow(tiny, "run", "--dry"))
+
+
+def test_an_unresolvable_dvc_yaml_gives_one_screen(tiny):  # noqa: F811
+    spec = (tiny / "dvc.yaml").read_text()
+    (tiny / "dvc.yaml").write_text(spec.replace("i: [1, 2, 3, 4]", "i: ${grid.regularities}"))
+    for args in (["run"], ["run", "--dry"]):
+        r = _remflow(tiny, *args)
+        _one_screen(r)
+        assert "grid.regularities" in r.stderr
+
+
+# ---------------------------------------------------------------- the run cache and stages left up to date
+
+COUNTED_B = """\
+import sys
+from pathlib import Path
+i = int(sys.argv[1])
+with open(Path(__file__).with_name("b-runs.txt"), "a") as log:  # one line per run, appended
+    log.write(f"{i}\\n")
+open(f"b-{i}.txt", "w").write(open("a.txt").read() * i)
+"""
+
+
+def _b_runs(tiny: Path) -> int:  # noqa: F811
+    log = tiny.parent / "b-runs.txt"
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def test_run_restores_from_the_run_cache_what_dvc_repro_would(tiny):  # noqa: F811
+    (tiny.parent / "b.py").write_text(COUNTED_B)
+    assert _remflow(tiny, "run").returncode == 0
+    assert _b_runs(tiny) == 4
+    (tiny / "in.txt").write_text("other\n")
+    assert _remflow(tiny, "run").returncode == 0
+    assert _b_runs(tiny) == 8
+    (tiny / "in.txt").write_text("hello\n")  # back to the first input: every stage is in the run cache
+    r = _remflow(tiny, "run")
+    assert r.returncode == 0, r.stderr
+    assert _b_runs(tiny) == 8  # nothing re-ran
+    assert "6 restored from DVC's run cache" in r.stderr
+    assert (tiny / "c.txt").read_text() == "60\n"
+    assert "up to date" in _sh(tiny, "dvc", "status").stdout
+
+
+def test_a_stage_whose_upstream_wrote_the_same_bytes_does_not_run(tiny):  # noqa: F811
+    (tiny.parent / "b.py").write_text(COUNTED_B)
+    spec = (tiny / "dvc.yaml").read_text()
+    # a reads only the first line of in.txt: a change below it re-runs a, which writes the same a.txt
+    (tiny / "dvc.yaml").write_text(spec.replace(
+        "open('a.txt','w').write(open('in.txt').read())", "open('a.txt','w').write(open('in.txt').readline())"))
+    (tiny / "in.txt").write_text("hello\nfirst\n")
+    assert _remflow(tiny, "run").returncode == 0
+    assert _b_runs(tiny) == 4
+    (tiny / "in.txt").write_text("hello\nsecond\n")
+    r = _remflow(tiny, "run")
+    assert r.returncode == 0, r.stderr
+    assert _b_runs(tiny) == 4, r.stderr
+    assert "5 up to date once their upstream stages ran" in r.stderr
+    assert "up to date" in _sh(tiny, "dvc", "status").stdout
+
+
+def test_a_failed_stage_is_reported_with_its_error_line_and_dependents_counted(tiny):  # noqa: F811
+    (tiny.parent / "b.py").write_text("import sys\nsys.exit('b cannot read its input: no such thing')\n")
+    r = _remflow(tiny, "run")
+    assert r.returncode == 1
+    assert "b cannot read its input: no such thing" in r.stderr
+    assert "skipped 1 stage that depend on b@1" in r.stderr or "skipped 1 stage that depend on b@" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- check refuses what a run would refuse
+
+runner = CliRunner()
+
+
+def _check(params: Path) -> object:
+    return runner.invoke(app, ["check", "--params", str(params), "--dvc", str(ROOT / "dvc.yaml")])
+
+
+def test_check_refuses_an_empty_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("")
+    r = _check(tmp_path / "params.yaml")
+    assert r.exit_code == 2
+    assert "empty" in r.output
+
+
+def test_check_refuses_missing_dataset_files(tmp_path):
+    raw = (ROOT / "params.yaml").read_text()
+    p = tmp_path / "params.yaml"
+    p.write_text(raw.replace("dataset: digits", f"dataset: fashion_mnist\n  root: {tmp_path / 'nowhere'}"))
+    assert "fashion_mnist" in p.read_text()
+    r = _check(p)
+    assert r.exit_code == 2, r.output
+    assert "nowhere" in r.output
+
+
+def test_check_explains_a_zero_count_and_notes_rates_that_draw_the_same_set(tmp_path):
+    raw = (ROOT / "params.yaml").read_text()
+    p = tmp_path / "params.yaml"
+    import re
+
+    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>0", raw, count=1))
+    r = _check(p)
+    assert r.exit_code == 2
+    assert "at least one sample" in r.output and "write a count as an integer" not in r.output
+    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>2", raw, count=1))
+    r = _check(p)
+    assert r.exit_code == 0, r.output
+    assert "draw the same" in r.output
+
+
+def test_check_refuses_a_count_beyond_the_training_set(tmp_path):
+    raw = (ROOT / "params.yaml").read_text()
+    p = tmp_path / "params.yaml"
+    import re
+
+    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>100000", raw, count=1))
+    r = _check(p)
+    assert r.exit_code == 2
+    assert "corruption.count" in r.output
+
+
+def test_flags_show_no_value_type_in_help():
+    r = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
+    assert "--dry" in r.output and "<bool>" not in r.output
+
+
+def test_an_unexpected_error_is_one_screen_not_a_traceback(tmp_path):
+    # a bug (not bad input) surfaces as one panel with where it happened; REMFLOW_DEBUG=1 gives the traceback
+    code = ("import remflow.cli as c\n"
+            "def boom(path):\n    raise ValueError('kaboom')\n"
+            "c._params = boom\n"
+            "import sys; sys.argv = ['remflow', 'corrupt', '--regularity', 'high', '--seed', '0', '--out', 'x.json']\n"
+            "c.main()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={**_env(), "REMFLOW_DEBUG": ""})
+    assert r.returncode == 1
+    assert "kaboom" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.json").exists()
