@@ -137,11 +137,38 @@ def _start_ray(opts: Options):
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                   configure_logging=True)
+    _quiet_raylet_messages()
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(**kwargs)
     return ray, True
+
+
+def _quiet_raylet_messages() -> None:
+    """Ray prints the raylet's error messages (a worker killed for memory, with a paragraph of advice) on the
+    driver's stdout, whatever log_to_driver says; remflow run reports a lost worker itself (it reruns the
+    stage and says so). Those messages go to .remflow/logs/ray.log instead."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:  # pragma: no cover - another Ray layout: leave its printing as it is
+        return
+    shown = getattr(ray_worker, "print_to_stdstream", None)
+    if shown is None or getattr(shown, "_remflow", False):
+        return
+
+    def print_to_log(data, ignore_prefix: bool = False):
+        if data.get("pid") != "raylet":
+            return shown(data, ignore_prefix=ignore_prefix)
+        try:
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            with open(LOG_DIR / "ray.log", "a") as f:
+                f.write("\n".join(str(line) for line in data.get("lines", [])) + "\n")
+        except OSError:
+            pass
+
+    print_to_log._remflow = True
+    ray_worker.print_to_stdstream = print_to_log
 
 
 def execute(root: Path, opts: Options, view=None) -> Report:
