@@ -120,14 +120,16 @@ def test_suite_smoke_run(tmp_path, suite):
 
     sync_method_code(folder)
 
+    # laid out as the repository holds it: one git repository, the suite a DVC project of its own (--subdir)
     repo = DvcRepo(repo_dir)
     repo.run("git", "init", "-q", "-b", "main")
-    repo.run("dvc", "init", "-q")
-    (repo_dir / ".dvc" / "plots").mkdir(exist_ok=True)
-    shutil.copy(ROOT / ".dvc" / "plots" / "remflow_heatmap.json", repo_dir / ".dvc" / "plots")
+    repo.path = folder
+    repo.run("dvc", "init", "-q", "--subdir")
+    shutil.copy(ROOT / ".dvcignore", folder / ".dvcignore")
+    (folder / ".dvc" / "plots").mkdir(exist_ok=True)
+    shutil.copy(ROOT / ".dvc" / "plots" / "remflow_heatmap.json", folder / ".dvc" / "plots")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-q", "-m", "suite")
-    repo.path = folder
     repo.run("dvc", "repro")
     metrics = json.loads((folder / "metrics.json").read_text())
     p = load_params(folder / "params.yaml")
