@@ -116,9 +116,6 @@ def test_suite_smoke_run(tmp_path, suite):
     WRITERS[params["data"]["dataset"]](data_root)
     over = merge(smoke, {"data": {"root": str(data_root)}, "model": SMALL_MODELS[params["model"]["name"]]})
     write_yaml(folder / "params.yaml", merge(params, over))
-    from conftest import sync_method_code
-
-    sync_method_code(folder)
 
     # laid out as the repository holds it: one git repository, the suite a DVC project of its own (--subdir)
     repo = DvcRepo(repo_dir)
