@@ -361,6 +361,40 @@ def run(
 
 @app.command()
 @guarded
+def recheck(
+    stages: Annotated[list[str] | None, typer.Argument(help="stages to re-run (default: the first changed stage "
+                                                         "of each stage definition, and of each unlearn run)")] = None,
+    record: Annotated[bool, typer.Option("--record", help="when every output is the same, record the changed "
+                                         "stages under the new code (`remflow run --commit`)")] = False,
+):
+    """After an edit of the code: re-run a sample of the changed stages in a scratch folder and compare their
+    outputs with the suite's, byte for byte; with --record, record the new code hashes when all are the same."""
+    from remflow.executor.recheck import recheck as run_recheck
+
+    result = run_recheck(Path("."), stages, record=record, echo=lambda text: err.print(escape(text)))
+    if not result.stages:
+        out.print("Data and pipelines are up to date." if not result.changed else "nothing to re-run")
+        raise typer.Exit(0)
+    table = Table(box=None, show_header=True, header_style="bold")
+    for col in ("stage", "output", "against the suite's"):
+        table.add_column(col, overflow="fold")
+    for stage, path, how, equal in result.rows:
+        table.add_row(escape(stage), escape(path), escape(how) if equal else f"[red]{escape(how)}[/red]")
+    _print_table(table)
+    if not result.all_equal:
+        out.print(f"[red]outputs differ[/red]: the edit changes results; re-run the suite (remflow run) — nothing "
+                  "was recorded")
+        raise typer.Exit(1)
+    if record:
+        out.print(f"[green]same outputs[/green] in {len(result.stages)} re-run stages; {result.recorded} changed "
+                  "stages recorded under the new code (nothing else ran)")
+    else:
+        out.print(f"[green]same outputs[/green] in {len(result.stages)} re-run stages of {result.changed} changed; "
+                  "`remflow recheck --record` records them")
+
+
+@app.command()
+@guarded
 def clean(
     model: Annotated[Path, typer.Option(help="your trained model: a remflow checkpoint, or a state dict of params' "
                                              "`model:` (.pt/.pth/.safetensors)")],

@@ -138,6 +138,31 @@ def test_dry_and_refused_params_leave_the_worktree_as_it_was(repo):
 
 
 @pytest.mark.slow
+def test_recheck_records_a_refactor_and_refuses_a_change_of_results(repo):
+    """Editing the core as a normal step: a refactor of data/task.py (every pretrain and unlearn stage depends on
+    it) is re-run on a sample, compared byte for byte and recorded; a change that moves an output is refused."""
+    task = repo.path / "remflow" / "data" / "task.py"
+    task.write_text(task.read_text() + "\n# a refactor that changes no output\n")
+    assert "changed deps" in repo.run("dvc", "status").stdout
+    res = repo.run("remflow", "recheck", "--record")
+    assert "same outputs" in res.stdout and "differs" not in res.stdout, res.stdout + res.stderr
+    assert "pretrain@high-0-standard" in res.stdout and "unlearn@finetune-" in res.stdout
+    assert "up to date" in repo.run("dvc", "status").stdout
+    assert repo.ran_stages(repo.run("dvc", "repro")) == []
+    # an edit that changes results: the finetune cells' learning rate
+    good = repo.params()
+    p = copy.deepcopy(good)
+    p["methods"]["finetune"] = {"lr": 0.5}
+    repo.set_params(p)
+    lock = (repo.path / "dvc.lock").read_text()
+    res = repo.run("remflow", "recheck", "--record", check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "differs" in res.stdout and "nothing was recorded" in res.stdout
+    assert (repo.path / "dvc.lock").read_text() == lock
+    repo.set_params(good)
+
+
+@pytest.mark.slow
 def test_remflow_run_takes_from_the_run_cache_what_dvc_repro_would(repo):
     """unlearn.epochs 2 -> 1 -> 2: the third run re-trains nothing (DVC's run cache holds every stage)."""
     good = repo.params()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from remflow.executor.core import Options, Report, commit_only, execute
+from remflow.executor.core import Options, Report, commit_only, execute, plan
 
-__all__ = ["Options", "Report", "commit_only", "execute", "run_suite", "options_from"]
+__all__ = ["Options", "Report", "commit_only", "execute", "plan", "run_suite", "options_from"]
 
 
 def options_from(root: Path, cpus=None, gpus=None, workers=None, address=None, **rest) -> tuple[Options, object]:
