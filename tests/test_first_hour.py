@@ -186,3 +186,26 @@ def test_an_unexpected_error_is_one_screen_not_a_traceback(tmp_path):
     assert r.returncode == 1
     assert "kaboom" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_methods_wraps_its_defaults_instead_of_cutting_them():
+    r = runner.invoke(app, ["methods"], env={"COLUMNS": "100"})
+    assert r.exit_code == 0
+    assert "…" not in r.output and "..." not in r.output
+    assert "removal_pass" in r.output.replace("\n", "").replace("│", "").replace(" ", "")
+
+
+def test_compare_shows_params_not_dependency_hashes(monkeypatch):
+    from remflow import compare
+
+    rows = [
+        {"Experiment": "workspace", "rev": "workspace", "params.yaml:unlearn.epochs": 10,
+         "metrics.json:summary.rem.score": 0.5, "remflow/train.py": "ab12", "artifacts/corrupt/high-0.json": "cd34"},
+        {"Experiment": "longer", "rev": "e1", "params.yaml:unlearn.epochs": 12,
+         "metrics.json:summary.rem.score": 0.6, "remflow/train.py": "ef56", "artifacts/corrupt/high-0.json": "gh78"},
+    ]
+    monkeypatch.setattr(compare, "experiment_rows", lambda repo: rows)
+    table = compare.compare_experiments(".")
+    headers = [c.header for c in table.columns]
+    assert "unlearn.epochs" in headers
+    assert not [h for h in headers if "train.py" in h or "corrupt" in h], headers

@@ -25,7 +25,7 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=
         raise RemflowError("more than one GPU per run must be a whole number", key="--gpus", got=gpus)
     opts, params = options_from(root, cpus=cpus, gpus=gpus, workers=workers, address=address, batch=batch,
                                 dry=dry)
-    if params is not None and not dry and not commit and "remflow check" in (root / "dvc.yaml").read_text():
+    if params is not None and not commit and "remflow check" in (root / "dvc.yaml").read_text():
         from remflow.pipeline_check import check_data
 
         # a remflow pipeline: missing dataset files or |D_c| beyond the data are refused before any stage's
