@@ -18,7 +18,7 @@ SHRUNK = {
     "model": {"width": 8},
     "pretrain": {"epochs": 3, "eval_every": 3},
     "unlearn": {"epochs": 1},
-    "grid": {"regularities": ["high", "low"], "discovery_rates": [0.5, 1.0], "seeds": [0]},
+    "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0]},
     "runtime": {"threads": 1, "cpus": 1},
 }
 

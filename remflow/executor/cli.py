@@ -118,10 +118,12 @@ def _summary(err: Console, r) -> None:
         for line in _last_error(log):
             err.print(f"    {escape(line)}", soft_wrap=True)
     if r.skipped:
-        by: dict[str, int] = {}
-        for failed in r.skipped.values():
-            by[failed] = by.get(failed, 0) + 1
-        for failed, n in by.items():
-            err.print(f"[red]skipped[/red] {n} stage{'s' * (n != 1)} that depend on {escape(failed)}")
+        by: dict[str, list[str]] = {}
+        for name, failed in r.skipped.items():
+            by.setdefault(failed, []).append(name)
+        for failed, names in by.items():
+            shown = ", ".join(sorted(names)[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+            err.print(f"[red]skipped[/red] {len(names)} stage{'s' * (len(names) != 1)} that depend on "
+                      f"{escape(failed)}: {escape(shown)}", soft_wrap=True)
     if r.interrupted:
         err.print(f"[yellow]interrupted:[/yellow] {len(r.done)} committed, {len(r.left)} left for the next run")

@@ -138,6 +138,8 @@ def _start_ray(opts: Options):
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                   configure_logging=True)
     _quiet_raylet_messages()
+    # Ray starts its workers at niceness 15: on a machine shared with anything else the stages then wait
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if address:
         ray.init(address=address, **kwargs)
     else:
