@@ -78,7 +78,7 @@ def test_without_cells_the_pipeline_has_no_detection_stage():
 
     with Repo(str(ROOT)) as repo:
         kinds = {s.name.split("@")[0] for s in repo.index.stages}
-    assert kinds == {"corrupt", "pretrain", "discover", "unlearn", "evaluate"}
+    assert kinds == {"check", "corrupt", "pretrain", "discover", "unlearn", "evaluate"}
 
 
 # ---------------------------------------------------------------- corruptions and the probe
