@@ -106,11 +106,11 @@ def plan(repo, changed: set | None = None) -> tuple[list, dict, dict]:
         if not isinstance(stage, PipelineStage) or not stage.cmd or stage.frozen:
             continue
         upstream = [u for u in graph.successors(stage) if u in picked]
-        if stage.changed():
+        if not upstream:  # a stage below one that will run is asked when that one is committed (needs_run)
+            if not stage.changed():
+                continue
             if changed is not None:
                 changed.add(stage)
-        elif not upstream:
-            continue
         chosen.append(stage)
         picked.add(stage)
     ups = {s: [u for u in graph.successors(s) if u in picked] for s in chosen}
