@@ -31,8 +31,10 @@ def experiment_rows(repo: str | Path) -> list[dict]:
                            hint="run inside a git + DVC repository with at least one commit") from None
 
 
-def _is_metric_file(name: str) -> bool:
-    return name.endswith("metrics.json")
+def _is_dependency(key: str, repo: str | Path) -> bool:
+    """A dependency's column is named by its path: it has a slash, or names a file or folder of the project."""
+    path = key.split(":")[-1]
+    return "/" in path or (Path(repo) / path).exists()
 
 
 def compare_experiments(repo: str | Path, run: str | None = None) -> Table:
@@ -48,9 +50,9 @@ def compare_experiments(repo: str | Path, run: str | None = None) -> Table:
         raise RemflowError("no summary metrics" + (f" for run '{run}'" if run else ""), key=str(repo),
                            hint="run `dvc repro` so metrics.json exists; check --run")
     metric_keys = {k for k, _, _ in metric_cols}
-    # params come as "params.yaml:key"; the columns without a file prefix are dependencies (paths -> hashes)
-    param_keys = [k for k in rows[0] if ":" in k and k not in metric_keys and not _SUMMARY.match(k)
-                  and not k.split(":")[-1].startswith("cells.") and not _is_metric_file(k.split(":")[0])]
+    # exp_show's other columns are params (dotted keys) and dependencies (their paths, hashes as values)
+    param_keys = [k for k in rows[0] if k not in _HIDDEN and k not in metric_keys and not _SUMMARY.match(k)
+                  and not k.split(":")[-1].startswith("cells.") and not _is_dependency(k, repo)]
     changed = [k for k in param_keys if len({repr(r.get(k)) for r in rows}) > 1]
 
     table = Table(title="DVC experiments" + (f": {run}" if run else "") + " (metrics in %)")

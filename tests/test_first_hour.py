@@ -195,17 +195,19 @@ def test_methods_wraps_its_defaults_instead_of_cutting_them():
     assert "removal_pass" in r.output.replace("\n", "").replace("│", "").replace(" ", "")
 
 
-def test_compare_shows_params_not_dependency_hashes(monkeypatch):
+def test_compare_shows_params_not_dependency_hashes(monkeypatch, tmp_path):
     from remflow import compare
 
-    rows = [
-        {"Experiment": "workspace", "rev": "workspace", "params.yaml:unlearn.epochs": 10,
-         "metrics.json:summary.rem.score": 0.5, "remflow/train.py": "ab12", "artifacts/corrupt/high-0.json": "cd34"},
-        {"Experiment": "longer", "rev": "e1", "params.yaml:unlearn.epochs": 12,
-         "metrics.json:summary.rem.score": 0.6, "remflow/train.py": "ef56", "artifacts/corrupt/high-0.json": "gh78"},
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "params.yaml").write_text("unlearn: {epochs: 10}\n")
+    rows = [  # exp_show's columns: params by key, metrics by key, dependencies by path (values: hashes)
+        {"Experiment": "workspace", "rev": "workspace", "unlearn.epochs": 10, "summary.rem.score": 0.5,
+         "remflow/train.py": "ab12", "artifacts/corrupt/high-0.json": "cd34", "runs": "0a", "params.yaml": "1b"},
+        {"Experiment": "longer", "rev": "e1", "unlearn.epochs": 12, "summary.rem.score": 0.6,
+         "remflow/train.py": "ef56", "artifacts/corrupt/high-0.json": "gh78", "runs": "2c", "params.yaml": "3d"},
     ]
     monkeypatch.setattr(compare, "experiment_rows", lambda repo: rows)
-    table = compare.compare_experiments(".")
+    table = compare.compare_experiments(tmp_path)
     headers = [c.header for c in table.columns]
     assert "unlearn.epochs" in headers
-    assert not [h for h in headers if "train.py" in h or "corrupt" in h], headers
+    assert not [h for h in headers if "train.py" in h or "corrupt" in h or h in ("runs", "params.yaml")], headers
