@@ -3,6 +3,7 @@ run would refuse, `--dry` writes nothing, and `remflow run` restores what DVC's 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,28 +144,26 @@ def test_check_refuses_missing_dataset_files(tmp_path):
     assert "nowhere" in r.output
 
 
-def test_check_explains_a_zero_count_and_notes_rates_that_draw_the_same_set(tmp_path):
+def _with_count(tmp_path: Path, count: int) -> Path:
+    """The root params.yaml with another corruption.count."""
     raw = (ROOT / "params.yaml").read_text()
     p = tmp_path / "params.yaml"
-    import re
+    p.write_text(re.sub(r"(\n  count: )\S+", rf"\g<1>{count}", raw, count=1))
+    assert f"count: {count}" in p.read_text()
+    return p
 
-    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>0", raw, count=1))
-    r = _check(p)
+
+def test_check_explains_a_zero_count_and_notes_rates_that_draw_the_same_set(tmp_path):
+    r = _check(_with_count(tmp_path, 0))
     assert r.exit_code == 2
     assert "at least one sample" in r.output and "write a count as an integer" not in r.output
-    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>2", raw, count=1))
-    r = _check(p)
+    r = _check(_with_count(tmp_path, 2))
     assert r.exit_code == 0, r.output
     assert "draw the same" in r.output
 
 
 def test_check_refuses_a_count_beyond_the_training_set(tmp_path):
-    raw = (ROOT / "params.yaml").read_text()
-    p = tmp_path / "params.yaml"
-    import re
-
-    p.write_text(re.sub(r"(\n  count: )\S+", r"\g<1>100000", raw, count=1))
-    r = _check(p)
+    r = _check(_with_count(tmp_path, 100000))
     assert r.exit_code == 2
     assert "corruption.count" in r.output
 

@@ -245,6 +245,14 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
     def new_worker():
         return actor_cls.remote(sys_path)
 
+    def replace(actor) -> None:
+        """Kill a worker that must not run another stage (it died, or holds stale code); a fresh one idles."""
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001
+            pass
+        idle.append(new_worker())
+
     with timed("workers start"):
         idle = deque(new_worker() for _ in range(n))
 
@@ -380,11 +388,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
                     stop_shell(str(log_dir / _log_name(stage.addressing)))
                     with timed("remove outputs"):
                         _remove_outs(stage)
-                    try:
-                        ray.kill(actor)
-                    except Exception:  # noqa: BLE001
-                        pass
-                    idle.append(new_worker())
+                    replace(actor)
                     if view is not None:
                         view.lost(stage.addressing, id(actor))
                     if attempts[stage] <= opts.retries:
@@ -411,11 +415,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
                         with timed("remove outputs"):
                             _remove_outs(stage)
                         idle.remove(actor)  # it keeps the old code: a fresh worker imports the files as they are
-                        try:
-                            ray.kill(actor)
-                        except Exception:  # noqa: BLE001
-                            pass
-                        idle.append(new_worker())
+                        replace(actor)
                         if view is not None:
                             from rich.markup import escape
 
