@@ -95,7 +95,7 @@ class Bench:
         from remflow.io import read_json
         from remflow.metrics import evaluate_model
         from remflow.models import load_model
-        from remflow.detection.loader import load_params
+        from remflow.params import load_params
 
         p = load_params(params or self.params)
         rec = read_json(Path(run_dir) / "record.json", "run record")

@@ -23,7 +23,7 @@ from remflow.data.task import Task
 from remflow.io import read_json
 from remflow.metrics import evaluate_model
 from remflow.models import load_model
-from remflow.detection.loader import validate
+from remflow.params import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

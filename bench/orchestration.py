@@ -9,7 +9,8 @@ dvc.yaml, params from the default suite):
     cells only (it would take hours), after the same upstream stages; its per-stage cost is measured there.
 
 Bookkeeping per stage = (wall time x parallel runs - the stages' own compute) / stages, where a stage's own
-compute is what it reports (pretraining and unlearning seconds in its log.json / record.json). For
+compute is what it reports (pretraining seconds in its log.json; unlearning and scoring seconds in its
+record.json). For
 `dvc repro` that is everything around the science (process start, imports, data and model loading, DVC's
 status, hashing, lock rewrite); for `remflow run` the same per worker-second.
 
@@ -73,7 +74,9 @@ def compute_seconds(repo: Path) -> float:
     for log in repo.glob("artifacts/pretrain/*/log.json"):
         total += json.loads(log.read_text()).get("seconds", 0.0)
     for rec in repo.glob("runs/*/record.json"):
-        total += json.loads(rec.read_text()).get("unlearn_seconds", 0.0)
+        r = json.loads(rec.read_text())
+        # the run's method and its scoring (since runs score themselves: the evaluate stage's work before)
+        total += r.get("unlearn_seconds", 0.0) + r.get("scoring_seconds", 0.0)
     return total
 
 

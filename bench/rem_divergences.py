@@ -59,7 +59,7 @@ def run(args) -> list[dict]:
     from remflow.io import read_json
     from remflow.metrics import evaluate_model
     from remflow.models import load_model
-    from remflow.detection.loader import validate
+    from remflow.params import validate
 
     raw = YAML(typ="safe", pure=True).load(Path(args.params).read_text())
     work = Path(args.work or tempfile.mkdtemp(prefix="rem-div-"))

@@ -122,7 +122,7 @@ def run(args) -> list[dict]:
     from remflow import stages
     from remflow.data.datasets import load_splits
     from remflow.data.task import Task
-    from remflow.detection.loader import validate
+    from remflow.params import validate
     from remflow.io import read_json
 
     params = validate(YAML(typ="safe", pure=True).load(Path(args.params).read_text()))

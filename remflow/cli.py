@@ -101,8 +101,8 @@ def guarded(fn: Callable) -> Callable:
 
 
 def _params(path: Path):
-    # remflow.params' schema with the detection study's section (remflow/detection/loader.py says why apart)
-    from remflow.detection.loader import load_params
+    # the one loader: remflow.params (its schema includes the detection study's section)
+    from remflow.params import load_params
 
     return load_params(path)
 
@@ -147,6 +147,20 @@ def discover(
     from remflow import stages
 
     stages.discover(_params(params), manifest, rate, out)
+
+
+@app.command()
+@guarded
+def probe(
+    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
+    out: Annotated[Path, typer.Option(help="probe file to write (JSON)")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    """Measure a corruption's regularity: how much a linear model on pixels transfers from half of D_c to the
+    other half (0: random labels, 1: a trigger it picks up); read by evaluate."""
+    from remflow import stages
+
+    stages.probe(_params(params), manifest, out)
 
 
 @app.command()
@@ -224,6 +238,8 @@ def evaluate(
     runs: Annotated[Path, typer.Option(help="folder of run folders")] = Path("runs"),
     metrics: Annotated[Path, typer.Option(help="nested metrics file for dvc exp show")] = Path("metrics.json"),
     reports: Annotated[Path, typer.Option(help="folder for results.csv, results.md, heatmaps")] = Path("reports"),
+    probes: Annotated[Path, typer.Option(help="folder of the probe stage's files (the regularity of each "
+                                          "corruption manifest)")] = Path("artifacts/probe"),
     run: Annotated[str | None, typer.Option("--run", "--method", help="run of the taxonomy table")] = None,
     metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
     reference: Annotated[str | None, typer.Option(help="run the others are compared with, paired over the same "
@@ -238,7 +254,8 @@ def evaluate(
                                "files)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
-    """Score every run of the grid; write results.csv, metrics.json, tables and heatmaps; print the tables."""
+    """Gather every run's record (each scored itself); write results.csv, metrics.json, tables and heatmaps;
+    print the tables."""
     import remflow
     from remflow import report
 
@@ -251,10 +268,10 @@ def evaluate(
         rows = report.read_results(from_csv)
         p = None
     else:
-        from remflow.evaluate import evaluate as score_runs
+        from remflow.evaluate import evaluate as gather
 
         p = _params(params)
-        rows, splits = score_runs(p, runs)
+        rows, dataset = gather(p, runs, probes)
     if not rows:
         raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")
     names = report.runs_in_order(rows)
@@ -263,9 +280,8 @@ def evaluate(
         raise RemflowError("no such run in the results", key="--run", got=chosen, hint="one of " + ", ".join(names))
     reference = report.pick_reference(rows, reference or (p.evaluate.reference if p else None))
     if p is not None:
-        from remflow.data.datasets import describe
-
-        context = {"remflow": remflow.__version__, "dataset": f"{describe(splits)}; fingerprint {splits.fingerprint}",
+        context = {"remflow": remflow.__version__,
+                   "dataset": f"{dataset.get('about')}; fingerprint {dataset.get('fingerprint')}",
                    "runs": len(rows), "params": Path(params).read_text()}
         report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
     report.render(rows, fmt.value, chosen, metric, _wide(), reference)
@@ -317,8 +333,8 @@ def check(
     params: ParamsOpt = Path("params.yaml"),
     dvc: Annotated[Path, typer.Option(help="the pipeline file to check against the schema")] = Path("dvc.yaml"),
     record: Annotated[Path | None, typer.Option(help="the pipeline's `check` stage: when everything is valid, "
-                                                "write each run's method-code fingerprint and the params-ok "
-                                                "marker to this folder")] = None,
+                                                "write the code fingerprints of each command and run "
+                                                "(remflow/codedeps.py) to this folder")] = None,
 ):
     """Validate params (every rule a stage would enforce, the dataset files included) and check that dvc.yaml's
     per-stage `params:` lists match what each stage reads. Exit 2 on anything a run would refuse."""

@@ -1,22 +1,27 @@
-"""Per-run code fingerprints: the `check` stage writes, for every entry of `methods:`, what its code is.
+"""Code fingerprints derived from imports: the `check` stage writes what each stage's code is.
 
-An unlearn cell runs one entry of `methods:`. The method modules it executes are the module that registers
-the entry's method, the method modules that module imports (transitively) and methods/base.py. dvc.yaml's
-unlearn cells come from a matrix over `grid.methods` (so `dvc exp run -S grid...` and edits of params.yaml
-keep working) and DVC cannot look a run's files up from inside a matrix, so the pipeline's first stage,
-`check` (`remflow check --record artifacts/code`), writes `artifacts/code/<run>.json` with a hash of each of
-those files, and a cell depends on `artifacts/code/${item.method}.json`:
+The pipeline's first stage, `check` (`remflow check --record artifacts/code`), writes one JSON file per command
+and one per entry of `methods:`; every other stage depends on its command's file instead of a hand-listed set
+of source files, and an unlearn cell also on its run's file:
 
-- editing scrub.py changes scrub.json only, so only the scrub cells run again;
-- a new entry under `methods:` gets its file from the same `dvc repro` that runs its cells (nothing to sync,
-  no links to keep);
-- a file's hash leaves its docstrings out, so a docstring edit re-runs
-  nothing; any other edit, a comment included, counts.
+- `stage-<command>.json`: a hash of every function, class and module body the command reaches from its entry
+  functions (STAGE_CODE, plus the params loader all commands share), found by following the names each
+  reached definition uses through `from remflow... import` lines into the modules they come from. Editing
+  `unlearn` in stages.py changes stage-unlearn.json and not stage-pretrain.json; editing train.py changes both.
+  The methods package is left to the per-run files.
+- `<run>.json`: the same, from the run's registered method function (its module, the method modules it uses
+  and the rest of remflow they reach). Editing scrub.py re-runs the scrub cells only. DVC cannot look a run's
+  files up from inside a matrix, and the matrix over `grid.methods` keeps `dvc exp run -S grid...` working; a
+  new entry under `methods:` gets its file from the same `dvc repro` that runs its cells.
 
-The stage depends on params.yaml and on the methods folder, so it runs when either changes and otherwise
-not; it writes a file only when its content changes. It also writes `artifacts/code/params-ok`, a constant
-that the corrupt stages depend on: every stage of the pipeline then runs after `check`, and a params.yaml
-that `check` refuses stops `dvc repro` before any stage removes its outputs.
+The hashes are of the syntax tree without docstrings (ast.dump: no comments, no formatting, no line numbers),
+so a docstring, comment or formatting edit re-runs nothing and any change of what the code does counts.
+Names are resolved statically: code reached only through a registry or getattr is covered when the module body
+holding the registry is reached (module bodies are always hashed with the definitions they use).
+
+The stage depends on params.yaml and on the code folder, so it runs when either changes and otherwise not; it
+writes a file only when its content changes. Every stage depends on one of its files, so every stage runs after
+`check`, and a params.yaml that `check` refuses stops `dvc repro` before any stage removes its outputs.
 """
 
 from __future__ import annotations
@@ -24,70 +29,209 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from pathlib import Path
 
 FOLDER = "artifacts/code"
-MARKER = "params-ok"
-_MARKER_TEXT = "params.yaml passed `remflow check` when this file was written\n"
-_CORE = ("base.py",)
+STAGE_PREFIX = "stage-"
+
+# what each pipeline command runs: its entry functions ("module:function") or whole modules, besides the params
+# loader every command validates params.yaml with (remflow.cli._params)
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "corrupt": ("remflow.stages:corrupt",),
+    "pretrain": ("remflow.stages:pretrain",),
+    "discover": ("remflow.stages:discover",),
+    "probe": ("remflow.stages:probe",),
+    "unlearn": ("remflow.stages:unlearn",),
+    "corrupt-x": ("remflow.detection.stages:corrupt",),
+    "detect": ("remflow.detection.stages:detect",),
+    "unlearn-x": ("remflow.detection.stages:unlearn",),
+    "evaluate": ("remflow.evaluate:evaluate", "remflow.report:write_reports", "remflow.report:render",
+                 "remflow.report:pick_reference", "remflow.report:runs_in_order"),
+}
+COMMON_CODE = ("remflow.params:load_params",)
+_SKIP = ("remflow.methods",)  # the per-run method files cover it
 
 
-def _method_imports(tree: ast.AST) -> set[str]:
-    """The sibling method modules a module imports (remflow.methods.X)."""
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("remflow.methods."):
-                found.add(node.module.split(".")[2])
-            elif node.module == "remflow.methods":
-                found.update(a.name for a in node.names)
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("remflow.methods."):
-                    found.add(a.name.split(".")[2])
-    return found
+def tree_hash(node: ast.AST) -> str:
+    """sha256 of a syntax tree (ast.dump: no comments, no formatting, no line numbers); strip its docstrings
+    first (`strip_docstrings`)."""
+    return hashlib.sha256(ast.dump(node).encode()).hexdigest()
 
 
-def module_files(module: str, methods_dir: Path) -> list[str]:
-    """The file names under methods/ that running `module`'s method executes: itself, what it imports, base."""
-    seen: set[str] = set()
-    todo = [module]
+def strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Remove the docstrings of a module and of its classes and functions, in place."""
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body:
+            first = n.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                n.body = n.body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_hash(text: str) -> str:
+    """A module source's hash without its docstrings, comments and formatting."""
+    return tree_hash(strip_docstrings(ast.parse(text)))
+
+
+class _Module:
+    """One remflow module's top-level definitions and imports, for the closure walk."""
+
+    def __init__(self, name: str, path: Path):
+        self.name, self.path = name, path
+        self.tree = strip_docstrings(ast.parse(path.read_text(encoding="utf-8")))
+        self.defs = {n.name: n for n in self.tree.body
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        self.body = [n for n in self.tree.body  # imports, constants, registries: the module's own statements
+                     if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        self._hashes: dict[str | None, str] = {}
+        self._imports: dict[str | None, dict] = {}
+        self._names: dict[str | None, set] = {}
+
+    def names(self, unit: str | None) -> set[tuple[str, ...]]:
+        if unit not in self._names:
+            self._names[unit] = _names(self.body if unit is None else [self.defs[unit]])
+        return self._names[unit]
+
+    def hash(self, unit: str | None) -> str:
+        if unit not in self._hashes:
+            node = ast.Module(body=self.body, type_ignores=[]) if unit is None else self.defs[unit]
+            self._hashes[unit] = tree_hash(node)
+        return self._hashes[unit]
+
+    def imports(self, unit: str | None, package: str) -> dict:
+        if unit not in self._imports:
+            self._imports[unit] = _imports(self.body + ([] if unit is None else [self.defs[unit]]), package)
+        return self._imports[unit]
+
+
+_PARSED: dict[tuple, _Module] = {}  # (path, size, mtime) -> module: one parse a file per process
+
+
+def _parsed(name: str, path: Path) -> _Module:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = _Module(name, path)
+    return _PARSED[key]
+
+
+def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
+    """name -> (module, attribute or None) for the remflow imports among `nodes` (walked)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for node in nodes:
+        for n in ast.walk(node):
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0 and (
+                    n.module == package or n.module.startswith(package + ".")):
+                for a in n.names:
+                    out[a.asname or a.name] = (n.module, a.name)
+            elif isinstance(n, ast.Import):
+                for a in n.names:
+                    if a.name == package or a.name.startswith(package + "."):
+                        out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else package, None)
+    return out
+
+
+def _names(nodes) -> set[tuple[str, ...]]:
+    """The names used in `nodes`, each with the attribute chain read off it (x, x.y, x.y.z)."""
+    out: set[tuple[str, ...]] = set()
+    for node in nodes:
+        for n in ast.walk(node):
+            if isinstance(n, ast.Attribute):
+                chain = []
+                v = n
+                while isinstance(v, ast.Attribute):
+                    chain.append(v.attr)
+                    v = v.value
+                if isinstance(v, ast.Name):
+                    out.add((v.id, *reversed(chain)))
+            elif isinstance(n, ast.Name):
+                out.add((n.id,))
+    return out
+
+
+def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflow", skip: tuple[str, ...] = _SKIP,
+               common: tuple[str, ...] = COMMON_CODE) -> dict[str, str]:
+    """'<file>:<definition>' (or '<file>' for a module's top-level statements) -> tree hash, for everything
+    the entry functions reach (and the `common` ones), modules under `skip` left out. `code_root` is the
+    package folder (remflow/)."""
+    modules: dict[str, _Module] = {}
+
+    def module(name: str) -> _Module | None:
+        if (skip and name.startswith(skip)) or not (name == package or name.startswith(package + ".")):
+            return None
+        if name not in modules:
+            rel = Path(*name.split(".")[1:])
+            path = code_root / rel / "__init__.py" if (code_root / rel).is_dir() else code_root / f"{rel}.py"
+            if not path.is_file():
+                return None
+            modules[name] = _parsed(name, path)
+        return modules[name]
+
+    reached: set[tuple[str, str | None]] = set()  # (module, definition); None: the module's top-level code
+    todo: list[tuple[str, str | None]] = []
+    for entry in entries + common:
+        mod, _, fn = entry.partition(":")
+        todo.append((mod, fn or None))
     while todo:
-        m = todo.pop()
-        if m in seen or not (methods_dir / f"{m}.py").is_file():
+        mod_name, fn = todo.pop()
+        m = module(mod_name)
+        if m is None:
             continue
-        seen.add(m)
-        todo.extend(_method_imports(ast.parse((methods_dir / f"{m}.py").read_text(encoding="utf-8"))))
-    files = {f"{m}.py" for m in seen} | set(_CORE)
-    files.discard("__init__.py")
-    return sorted(files)
+        units = [(mod_name, None)] + ([(mod_name, fn)] if fn is not None and fn in m.defs else [])
+        if fn is not None and fn not in m.defs:  # an attribute that is not a definition: a submodule or a value
+            sub = module(f"{mod_name}.{fn}")
+            if sub is not None:
+                todo.append((sub.name, None))
+        for unit in units:
+            if unit in reached:
+                continue
+            reached.add(unit)
+            imported = m.imports(unit[1], package)
+            for chain in m.names(unit[1]):
+                head = chain[0]
+                if head in m.defs:
+                    todo.append((mod_name, head))
+                elif head in imported:
+                    src, attr = imported[head]
+                    if attr is None:  # `import remflow.x` / `from remflow import x` as a module: x.f
+                        todo.append((src, chain[1] if len(chain) > 1 else None))
+                    elif module(f"{src}.{attr}") is not None:  # `from remflow import stages`: stages.f
+                        todo.append((f"{src}.{attr}", chain[1] if len(chain) > 1 else None))
+                    else:
+                        todo.append((src, attr))
+    out = {}
+    for mod_name, fn in sorted(reached, key=lambda u: (u[0], u[1] or "")):
+        m = modules[mod_name]
+        rel = m.path.relative_to(code_root).as_posix()
+        out[rel if fn is None else f"{rel}:{fn}"] = m.hash(fn)
+    return out
 
 
-def source_hash(text: str) -> str:
-    """sha256 of a module's source without its docstrings (the lines a docstring fills alone)."""
-    lines = text.splitlines()
+def stage_fingerprints(code_root: Path) -> dict[str, dict]:
+    """command -> {files: {'<file>[:<definition>]': hash}} for every command of STAGE_CODE."""
+    return {cmd: {"command": cmd, "files": stage_code(code_root, entries)} for cmd, entries in STAGE_CODE.items()}
+
+
+def source_files(path: str | os.PathLike) -> list[str] | None:
+    """The source files behind a fingerprint file artifacts/code/<name>.json (None: not one)."""
+    path = Path(path)
+    if path.suffix != ".json" or path.parent.name != "code":
+        return None
     try:
-        tree = ast.parse(text)
-    except SyntaxError:  # hash it as it is: the stage that imports it will say what is wrong
-        return hashlib.sha256(text.encode()).hexdigest()
-    drop: set[int] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        body = node.body
-        if len(body) < 2 or not isinstance(body[0], ast.Expr):  # a body of a docstring alone keeps it
-            continue
-        doc = body[0].value
-        if not (isinstance(doc, ast.Constant) and isinstance(doc.value, str)):
-            continue
-        first, last = doc.lineno - 1, (doc.end_lineno or doc.lineno) - 1
-        # ast's column offsets count UTF-8 bytes
-        alone = (lines[first].encode()[: doc.col_offset].strip() == b""
-                 and lines[last].encode()[doc.end_col_offset or 0:].strip() == b"")
-        if alone:
-            drop.update(range(first, last + 1))
-    kept = [line for i, line in enumerate(lines) if i not in drop]
-    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+        fp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fp, dict) or not isinstance(fp.get("files"), dict) or not isinstance(fp.get("code"), str):
+        return None
+    root = path.parents[2] / fp["code"]
+    return [str(root / f) for f in code_files(fp)]
+
+
+def code_files(fingerprint: dict) -> list[str]:
+    """The files (relative to the code folder) a fingerprint's entries lie in."""
+    return sorted({key.split(":")[0] for key in fingerprint.get("files", {})})
 
 
 def methods_dir(root: Path) -> Path:
@@ -106,16 +250,26 @@ def methods_dir(root: Path) -> Path:
     return Path(pkg.__file__).parent
 
 
+def _code_var(root: Path) -> str:
+    """dvc.yaml's `code` var (the package folder relative to the project), for readers of the files."""
+    mdir = methods_dir(root)
+    try:
+        return Path(os.path.relpath(mdir.parent, root)).as_posix()
+    except ValueError:  # another drive
+        return mdir.parent.as_posix()
+
+
 def fingerprints(params, mdir: Path) -> dict[str, dict]:
-    """run name -> {method, files: {file name: source hash}} for every entry of `methods:`."""
+    """run name -> {method, files: {'<file>[:<definition>]': hash}} for every entry of `methods:`: what the
+    run's method function reaches (its module, the method modules and the rest of remflow it uses)."""
     from remflow.methods import REGISTRY
 
     out = {}
     for run, cfg in params.methods.items():
-        module = REGISTRY[cfg.method].unlearn.__module__.rsplit(".", 1)[-1]
-        files = module_files(module, mdir)
-        out[run] = {"method": cfg.method,
-                    "files": {f: source_hash((mdir / f).read_text(encoding="utf-8")) for f in files}}
+        fn = REGISTRY[cfg.method].unlearn
+        module = fn.__module__.rsplit(".", 1)[-1]
+        entry = f"remflow.methods.{module}:{fn.__name__}"
+        out[run] = {"method": cfg.method, "files": stage_code(mdir.parent, (entry,), skip=(), common=())}
     return out
 
 
@@ -126,9 +280,12 @@ def record(root: Path, params, folder: Path) -> list[str]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    want = {f"{run}.json": json.dumps(fp, indent=1, sort_keys=True) + "\n"
-            for run, fp in fingerprints(params, methods_dir(root)).items()}
-    want[MARKER] = _MARKER_TEXT
+    mdir = methods_dir(root)
+    want = {f"{run}.json": json.dumps({**fp, "code": _code_var(root)}, indent=1, sort_keys=True) + "\n"
+            for run, fp in fingerprints(params, mdir).items()}
+    code = mdir.parent
+    for cmd, fp in stage_fingerprints(code).items():
+        want[f"{STAGE_PREFIX}{cmd}.json"] = json.dumps({**fp, "code": _code_var(root)}, indent=1, sort_keys=True) + "\n"
     changed = []
     for name, text in want.items():
         path = folder / name

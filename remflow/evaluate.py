@@ -1,30 +1,21 @@
-"""The evaluate stage: score every run of the grid (paper §5.1) and collect its cost figures; the tables and
-files are remflow.report's."""
+"""The evaluate stage: gather the run records of the grid into rows (paper §5.1's metrics, costs, the
+discovered set against D_c, the measured regularity); the tables and files are remflow.report's.
+
+Each unlearn cell scored its own run while its model was in memory (remflow.stages.execute), and each
+corruption manifest has its regularity probe (the `probe` stage), so this stage reads JSON only: no torch, no
+checkpoint, no dataset. A record whose manifest or discovered set changed since it ran is refused as stale.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from remflow.data.corruption import check_discovery, load_manifest
-from remflow.data.datasets import Splits, load_splits
-from remflow.data.task import Task, make_task
-from remflow.detection.probe import regularity_score
-from remflow.detection.stages import check_detection, view_indices
+from remflow.config import ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
-from remflow.metrics import evaluate_model
-from remflow.models import load_model
-from remflow.config import CORRUPTION_OF, ParamsBase
-from remflow.train import setup_runtime
+from remflow.records import row_of, run_label
 
-# a detection-study row's run label: `<run>_det` on D_f as the detector flagged it, `<run>_hits` on its true
-# positives alone (remflow/detection/)
-VIEW_SUFFIX = {"found": "_det", "hits": "_hits"}
-
-
-def run_label(run: str, pretrained: str) -> str:
-    return run if pretrained == "standard" else f"{run}_etd"
+PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
 
 
 def expected_cells(params: ParamsBase) -> list[tuple[str, str, str, float, int]]:
@@ -97,137 +88,53 @@ def collect_detection_runs(params, runs_dir: str | Path) -> list[tuple[dict, Pat
     return _collect(runs_dir, expected_detection_cells(params), key, describe)
 
 
-def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict:
-    """How D_f stands against D_c: precision (share of D_f in D_c) and recall (share of D_c in D_f)."""
-    corrupted = set(manifest["indices"])
-    hits = len(set(discovered) & corrupted)
-    return {"discovery": label, "discovery_precision": round(hits / len(discovered), 6) if discovered else float("nan"),
-            "discovery_recall": round(hits / len(corrupted), 6)}
+def probe_path(probes_dir: str | Path, manifest_path: str) -> Path:
+    """A manifest's probe file: the same name under the probes folder."""
+    return Path(probes_dir) / Path(manifest_path).name
 
 
-# runs a scoring process must have before a pool pays for its start (a spawned process imports torch and
-# reloads the data: about 5 s on 2 cores; scoring a run takes about 0.7 s there on Fashion-MNIST)
-RUNS_PER_PROCESS = 32
-
-_SCORER: dict = {}  # the process's scoring state: params, device, splits, tasks by manifest path
-
-
-def scoring_processes(runs: int, device) -> int:
-    """How many processes score the runs: the CPU cores this process may use, at most one per
-    RUNS_PER_PROCESS runs; 1 (in this process) on a GPU or for a small grid. REMFLOW_EVAL_PROCESSES
-    overrides it. Each process scores whole runs on `runtime.threads`, as this one would, so the scores are
-    the same whatever the count."""
-    want = os.environ.get("REMFLOW_EVAL_PROCESSES")
-    if want:
-        try:
-            n = int(want)
-        except ValueError:
-            raise RemflowError("not a number of processes", key="REMFLOW_EVAL_PROCESSES", got=want) from None
-        if n < 1:
-            raise RemflowError("at least one process scores the runs", key="REMFLOW_EVAL_PROCESSES", got=want)
-        return min(n, max(1, runs))
-    if device.type != "cpu":
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, runs // RUNS_PER_PROCESS))
+def _regularity(probes_dir: str | Path, manifest_path: str, manifest_sha: str, cache: dict) -> float:
+    if manifest_path not in cache:
+        path = probe_path(probes_dir, manifest_path)
+        if not path.exists():
+            raise RemflowError("no regularity probe for a corruption manifest", key=str(path), got=manifest_path,
+                               hint="run its probe stage: dvc repro (or remflow run)")
+        d = read_json(path, "probe file")
+        if not isinstance(d, dict) or d.get("format") != PROBE_FORMAT or "regularity_score" not in d:
+            raise RemflowError("not a remflow probe file", key=str(path), hint="rerun its probe stage")
+        if d.get("manifest_sha") != manifest_sha:
+            raise RemflowError("probe is stale: its manifest changed since it ran", key=str(path),
+                               got=manifest_path, hint="run `dvc repro`")
+        cache[manifest_path] = float(d["regularity_score"])
+    return cache[manifest_path]
 
 
-def _start_scorer(raw_params: dict | None, params=None, splits: Splits | None = None,
-                  tasks: dict | None = None) -> None:
-    """Set up this process to score runs (a pool's initializer gets the params as a mapping)."""
-    if params is None:
-        from remflow.detection.loader import validate
-
-        params = validate(raw_params)
-    device = setup_runtime(params.runtime)
-    _SCORER.update(params=params, device=device, splits=splits or load_splits(params.data), tasks=tasks or {})
-
-
-def _score(job: tuple[str, str, list[int]]) -> dict[str, float]:
-    """§5.1's metrics of one run: (run folder, manifest path, discovered indices)."""
-    folder, manifest_path, discovered = job
-    s = _SCORER
-    if manifest_path not in s["tasks"]:
-        s["tasks"][manifest_path] = make_task(s["params"].data, s["splits"], s["device"],
-                                              load_manifest(manifest_path, s["splits"]))
-    model, _ = load_model(Path(folder) / "model.safetensors", s["device"])
-    return evaluate_model(model, s["tasks"][manifest_path].with_discovered(discovered),
-                          s["params"].runtime.eval_batch_size)
-
-
-def score_all(params: ParamsBase, splits: Splits, tasks: dict[str, Task], jobs: list[tuple[str, str, list[int]]],
-              device, side=None) -> list[dict[str, float]]:
-    """Score every job, in order, across `scoring_processes` processes; `side()` runs here meanwhile."""
-    n = scoring_processes(len(jobs), device)
-    if n == 1:
-        _start_scorer(None, params, splits, tasks)
-        out = [_score(j) for j in jobs]
-        if side is not None:
-            side()
-        return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: a forked child of a process that has run torch's thread pools can hang
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_start_scorer,
-                             initargs=(params.model_dump(mode="json"),)) as pool:
-        futures = [pool.submit(_score, j) for j in jobs]
-        if side is not None:
-            side()
-        return [f.result() for f in futures]
-
-
-def evaluate(params: ParamsBase, runs_dir: str | Path) -> tuple[list[dict], Splits]:
-    """Score every run of the grid: one row per run with the metrics of paper §5.1 and its costs."""
-    device = setup_runtime(params.runtime)
-    splits = load_splits(params.data)
-    runs = collect_runs(params, runs_dir)
-    detection_runs = collect_detection_runs(params, runs_dir)
-    tasks: dict[str, Task] = {}
-    probe_seed = params.detection.seed if hasattr(params, "detection") else 0
-    rows, jobs = [], []
-    for rec, folder in runs + detection_runs:
+def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe"
+             ) -> tuple[list[dict], dict]:
+    """One row per run of the grid (and of the detection study), from the run records; and the data they ran on
+    ({"about", "fingerprint"}), which every record must share."""
+    runs = collect_runs(params, runs_dir) + collect_detection_runs(params, runs_dir)
+    digests: dict[str, str] = {}
+    probes: dict[str, float] = {}
+    dataset: dict | None = None
+    rows = []
+    for rec, folder in runs:
         inputs = rec["inputs"]
         for what in ("manifest", "discovery"):
-            if file_digest(inputs[what]) != inputs[f"{what}_sha"]:
+            path = inputs[what]
+            if path not in digests:
+                if not Path(path).exists():
+                    raise RemflowError(f"run's {what} is gone", key=str(folder), got=path, hint="run `dvc repro`")
+                digests[path] = file_digest(path)
+            if digests[path] != inputs[f"{what}_sha"]:
                 raise RemflowError(f"run is stale: its {what} changed since it ran", key=str(folder),
-                                   got=inputs[what], hint="run `dvc repro`")
-        if inputs["manifest"] not in tasks:
-            tasks[inputs["manifest"]] = make_task(params.data, splits, device, load_manifest(inputs["manifest"], splits))
-        manifest = tasks[inputs["manifest"]].manifest
-        if rec.get("study") == "detection":
-            found = check_detection(read_json(inputs["discovery"], "detection file"), manifest, len(splits.train_y),
-                                    inputs["discovery"])
-            discovered = view_indices(found["indices"], manifest, rec["view"])
-            label = run_label(rec["run"], "standard") + VIEW_SUFFIX[rec["view"]]
-            disc = discovery_columns(discovered, manifest,
-                                     found["detector"] + (":hits" if rec["view"] == "hits" else ""))
-        else:
-            discovered = check_discovery(read_json(inputs["discovery"], "discovery file"), manifest,
-                                         inputs["discovery"])["indices"]
-            label = run_label(rec["run"], rec["pretrained"])
-            disc = discovery_columns(discovered, manifest, "oracle")
-        jobs.append((str(folder), inputs["manifest"], [int(i) for i in discovered]))
-        head = {"run": label, "method": rec["method"], "pretrained": rec["pretrained"],
-                "regularity": rec["regularity"], "discovery_rate": rec["discovery_rate"], "seed": rec["seed"]}
-        tail = {
-            "unlearn_seconds": rec["unlearn_seconds"],
-            "peak_memory_mb": rec["peak_memory_mb"],
-            "params_deployed": rec["params_deployed"],
-            "params_peak": rec["params_peak"],
-            "corruption": manifest.get("corruption", CORRUPTION_OF[rec["regularity"]]),
-            **disc,
-        }
-        rows.append((head, tail, inputs["manifest"], rec.get("stats", {})))
-    # one probe per manifest, here, while the runs are scored (in other processes when there are several)
-    regularity: dict[str, float] = {}
-
-    def probes():
-        for path, task in tasks.items():
-            regularity[path] = regularity_score(task, seed=probe_seed)
-
-    scores = score_all(params, splits, tasks, jobs, device, side=probes)
-    out = [{**head, **{k: round(v, 6) for k, v in sc.items()}, **tail,
-            "regularity_score": round(regularity[manifest_path], 6), "details": details}
-           for (head, tail, manifest_path, details), sc in zip(rows, scores)]
-    return out, splits
+                                   got=path, hint="run `dvc repro`")
+        data = rec.get("dataset")
+        if dataset is None:
+            dataset = data
+        elif data != dataset:
+            raise RemflowError("runs of one grid trained on other data (dataset or split settings changed)",
+                               key=str(folder), got=(data or {}).get("about"), hint="run `dvc repro`")
+        score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
+        rows.append(row_of(rec, folder, score))
+    return rows, dataset or {}

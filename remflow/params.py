@@ -3,7 +3,7 @@
 `params.yaml` is read the way DVC reads it (YAML 1.2 via ruamel: `1e-3` is a float, `yes` a string) and
 validated by one pydantic model with `extra="forbid"` everywhere: the sections of remflow.config, with the
 `methods:` map typed by the method registry (each entry is a registered method's config, picked by its
-`method:` field). Then the rules that involve several keys and the dataset's shape are checked
+`method:` field) and the detection study's `detection:` section (remflow.detection.config). Then the rules that involve several keys and the dataset's shape are checked
 (`cross_checks`), so bad input stops at load time, before any stage runs; the rules that need the data itself
 (|D_c| against the training set) are checked by `remflow check` and the stages that load the data
 (data.corruption.check_corruption).
@@ -17,10 +17,11 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from remflow.config import *  # noqa: F401,F403  the sections, re-exported for callers of remflow.params
 from remflow.config import CrossError, ParamsBase
+from remflow.detection.config import FAMILY, DetectionCfg
 from remflow.errors import RemflowError
 from remflow.methods import REGISTRY
 
@@ -36,7 +37,38 @@ DATASET_SHAPE = {"digits": (8, 10), "fashion_mnist": (28, 10), "cifar10": (32, 1
 def schema() -> type[ParamsBase]:
     configs = tuple(m.config for m in REGISTRY.values())
     entry = Annotated[Union[configs], Field(discriminator="method")]  # type: ignore[valid-type]
-    return create_model("Params", __base__=ParamsBase, methods=(dict[str, entry], {}))
+    return create_model("Params", __base__=ParamsBase, methods=(dict[str, entry], {}),
+                        detection=(DetectionCfg, DetectionCfg()),
+                        __validators__={"_detection": model_validator(mode="after")(_detection_rules)})
+
+
+def _detection_rules(self):
+    d = self.detection
+    for i, name in enumerate(d.corruptions):
+        if name not in d.specs:
+            raise CrossError(f"detection.corruptions.{i}", name, f"'{name}' has no entry under detection.specs")
+    for i, run in enumerate(d.methods):
+        if run not in self.methods:
+            raise CrossError(f"detection.methods.{i}", run,
+                             f"'{run}' has no entry under `methods:` (add `{run}: {{}}` to run it with its defaults)")
+    return self
+
+
+def detection_checks(p) -> list[tuple[str, str, str]]:
+    """The detection study's rules that need the dataset's shape (as cross_checks)."""
+    if p.data.dataset not in DATASET_SHAPE:  # folder, npz, a plug-in: the shape rules run on the data
+        return []
+    image, classes = DATASET_SHAPE[p.data.dataset]
+    problems = []
+    for name in p.detection.corruptions:
+        s = p.detection.specs[name]
+        if s.kind == "backdoor" and (s.patch or p.corruption.backdoor.patch) >= image:
+            problems.append((f"detection.specs.{name}.patch", f"the trigger must be smaller than "
+                             f"{p.data.dataset}'s {image}px images", _short(s.patch)))
+        if FAMILY[s.kind] == "medium" and max(p.corruption.interclass.classes) >= classes:
+            problems.append(("corruption.interclass.classes", f"classes outside 0..{classes - 1}",
+                             _short(list(p.corruption.interclass.classes))))
+    return problems
 
 
 def resnet9_out_size(image: int) -> int:
@@ -125,7 +157,7 @@ def validate(raw: Any, path: str = "params.yaml") -> ParamsBase:
         p = schema().model_validate(raw)
     except ValidationError as e:
         raise ParamsError(path, [_describe(err) for err in e.errors()]) from None
-    problems = cross_checks(p)
+    problems = cross_checks(p) + detection_checks(p)
     if problems:
         raise ParamsError(path, problems)
     return p
@@ -158,8 +190,13 @@ def _describe(err: dict) -> tuple[str, str, str]:
         if i > 1 and loc[i - 2] == "methods" and _is_method_tag(part):
             continue
         cleaned.append(part)
+    # a detection spec's union tag (detection.specs.faint.backdoor.scale -> detection.specs.faint.scale)
+    if cleaned[:2] == ["detection", "specs"] and len(cleaned) > 4 and cleaned[3] in FAMILY:
+        cleaned = cleaned[:3] + cleaned[4:]
     key = ".".join(cleaned) or "(top level)"
     kind, msg = err.get("type", ""), err.get("msg", "")
+    if kind == "union_tag_invalid" and cleaned[:2] == ["detection", "specs"]:
+        return key, f"unknown corruption kind; known: {', '.join(FAMILY)}", _short((err.get("ctx") or {}).get("tag"))
     if kind == "extra_forbidden":
         msg = "unknown key (a typo?)"
     elif kind == "union_tag_invalid":

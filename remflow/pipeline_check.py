@@ -24,7 +24,8 @@ STAGE_READS: dict[str, set[str]] = {
     "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
     "discover": set(),
     "unlearn": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
-    "evaluate": {"data", "grid", *RUNTIME_RESULT_KEYS, "evaluate", "detection"},
+    "probe": {"data", "detection.seed"},
+    "evaluate": {"grid", "evaluate", "detection"},  # gathers run records: no data, no model
     # the detection study (remflow/detection/)
     "corrupt-x": {"data", "corruption", "detection.specs.<corruption>"},
     "detect": {"data", *RUNTIME_RESULT_KEYS, "detection.specs.<corruption>", "detection.detectors",

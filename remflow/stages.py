@@ -6,6 +6,7 @@ starts and outputs are written only at the end, so a failing stage writes nothin
 
 from __future__ import annotations
 
+import copy
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from remflow.errors import RemflowError
 from remflow.io import atomic_dir, file_digest, read_json, save_checkpoint, write_json
 from remflow.models import build_model, checkpoint_meta, count_params, load_model, shape_signature
 from remflow.models.layers import Route
-from remflow.config import REGULARITIES, ParamsBase
+from remflow.config import CORRUPTION_OF, REGULARITIES, ParamsBase
+from remflow.metrics import evaluate_model
 from remflow.progress import log
+from remflow.records import discovery_columns, run_label
 from remflow.seeds import derive_seed
 from remflow.train import Phase, by_validation, compiled, make_optimizer, setup_runtime, shuffled, train
 
@@ -126,22 +129,33 @@ class Prepared:
     deployed: torch.nn.Module
     meta: dict
     discovery: dict
+    manifest: dict
 
 
 def prepare_unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path: str | Path,
                     discovery_path: str | Path) -> Prepared:
+    """An oracle cell: D_f is the discover stage's subset of D_c."""
+    splits = load_splits(params.data)
+    manifest = load_manifest(manifest_path, splits)
+    discovery = check_discovery(read_json(discovery_path, "discovery file"), manifest, str(discovery_path))
+    return prepare(params, run, model_path, splits, manifest, discovery["indices"], discovery)
+
+
+def prepare(params: ParamsBase, run: str, model_path: str | Path, splits, manifest: dict, forget: list[int],
+            discovery: dict, *, standard_only: bool = False) -> Prepared:
+    """Load and check the pretrained model of a cell and build the method's context on D_f = `forget`
+    (a discovered subset of D_c, or a detector's flagged set with its false positives)."""
     from remflow.methods import REGISTRY, UnlearnContext
 
     cfg = params.method(run)
     method = REGISTRY[cfg.method]
     device = setup_runtime(params.runtime)
-    splits = load_splits(params.data)
-    manifest = load_manifest(manifest_path, splits)
-    discovery = check_discovery(read_json(discovery_path, "discovery file"), manifest, str(discovery_path))
     model, meta = load_model(model_path, device)
     if meta.get("fingerprint") != splits.fingerprint:
         raise RemflowError("checkpoint was trained on other data (dataset or split settings changed)",
                            key=str(model_path), got=meta.get("dataset"), hint="rerun its pretrain stage: dvc repro")
+    if model.widened and standard_only:
+        raise RemflowError("the detection study runs on standard pretrained models", key=str(model_path))
     if model.widened and not method.uses_expansion:
         model.deploy_()  # "X (ETD)": the method sees the ETD model with its memorisation channels dropped
     deployed = build_model(params.model, splits.in_channels, splits.num_classes, splits.image_size)
@@ -151,31 +165,43 @@ def prepare_unlearn(params: ParamsBase, run: str, model_path: str | Path, manife
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     seed = int(manifest["seed"])
-    task = make_task(params.data, splits, device, manifest, discovery["indices"])
+    task = make_task(params.data, splits, device, manifest, list(forget))
     ctx = UnlearnContext(model, task, params, seed, device, route=meta.get("route") if model.widened else None)
     torch.manual_seed(derive_seed(seed, run, "unlearn"))
     return Prepared(ctx, cfg, method, meta.get("variant", "standard"), count_params(deployed), deployed, meta,
-                    discovery)
+                    discovery, manifest)
 
 
 def unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path: str | Path,
             discovery_path: str | Path, out_dir: str | Path) -> dict:
     prep = prepare_unlearn(params, run, model_path, manifest_path, discovery_path)
-    ctx, cfg, task = prep.ctx, prep.cfg, prep.ctx.task
-    log(f"unlearn {run} ({prep.variant}) {task.regularity} rate {prep.discovery['rate']} seed {ctx.seed}: "
+    task = prep.ctx.task
+    log(f"unlearn {run} ({prep.variant}) {task.regularity} rate {prep.discovery['rate']} seed {prep.ctx.seed}: "
         f"|D_f| = {len(task.forget)}")
+    identity = {"run": run, "method": prep.cfg.method, "pretrained": prep.variant, "regularity": task.regularity,
+                "discovery_rate": float(prep.discovery["rate"]), "seed": prep.ctx.seed}
+    row = {"label": run_label(run, prep.variant),
+           "corruption": prep.manifest.get("corruption", CORRUPTION_OF[task.regularity]),
+           **discovery_columns(task.discovered, prep.manifest, "oracle")}
+    return execute(prep, identity, row, model_path, manifest_path, discovery_path, out_dir)
+
+
+def execute(prep: Prepared, identity: dict, row: dict, model_path, manifest_path, discovery_path,
+            out_dir: str | Path) -> dict:
+    """Run the prepared method, then score the deployed model (paper §5.1, as evaluate reads it: from the
+    checkpoint written) and write the checkpoint and the run record, which carries the row of results.csv."""
+    ctx, cfg, task = prep.ctx, prep.cfg, prep.ctx.task
+    scoring_task = task.with_discovered(list(task.discovered or []))  # the cell as given, whatever the method does
     with measure(ctx.device) as cost:
-        result = prep.method.unlearn(ctx, cfg)
+        if len(task.forget):
+            result = prep.method.unlearn(ctx, cfg)
+        else:  # no known corrupted sample (a detector without true positives): the original model stays
+            result, ctx.stats["empty_forget_set"] = copy.deepcopy(ctx.model), True
     if shape_signature(result) != shape_signature(prep.deployed):
         raise RuntimeError(f"method '{cfg.method}' returned a model that is not the deployed architecture")
 
     record: dict[str, Any] = {
-        "run": run,
-        "method": cfg.method,
-        "pretrained": prep.variant,
-        "regularity": task.regularity,
-        "discovery_rate": float(prep.discovery["rate"]),
-        "seed": ctx.seed,
+        **identity,
         "config": cfg.model_dump(),
         "recipe": ctx.recipe(cfg).model_dump(),
         "stats": ctx.stats,
@@ -184,6 +210,7 @@ def unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path:
         "params_deployed": prep.params_deployed,
         "params_peak": max(ctx.peak_params, prep.params_deployed),
         "forgotten": len(task.forget),
+        "dataset": {"about": describe(task.splits), "fingerprint": task.splits.fingerprint},
         "inputs": {"model": str(model_path), "manifest": str(manifest_path), "discovery": str(discovery_path),
                    "manifest_sha": file_digest(manifest_path), "discovery_sha": file_digest(discovery_path)},
         "device": str(ctx.device),
@@ -193,8 +220,15 @@ def unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path:
     }
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(tmp / "model.safetensors", result.state_dict(), {**prep.meta, "added": {}, "route": None})
+        with measure(ctx.device) as scoring:
+            deployed, _ = load_model(tmp / "model.safetensors", ctx.device)
+            record["scores"] = evaluate_model(deployed, scoring_task, ctx.params.runtime.eval_batch_size)
+        record["row"] = row
+        record["scoring_seconds"] = round(scoring.seconds, 4)
         write_json(tmp / "record.json", record)
-    log(f"unlearn {run}: {cost.seconds:.2f}s, peak {cost.peak_memory_mb:.0f} MB")
+    s = record["scores"]
+    log(f"unlearn {identity['run']}: {cost.seconds:.2f}s, peak {cost.peak_memory_mb:.0f} MB; healed {s['healed']:.3f}, "
+        f"utility {s['utility']:.3f}")
     return record
 
 
@@ -202,6 +236,29 @@ def _deployed_view(model):
     """The deployed-shape signature of a possibly widened model without touching it."""
     if not model.widened:
         return model
-    import copy
-
     return copy.deepcopy(model).deploy_()
+
+
+# ---------------------------------------------------------------- probe
+
+
+PROBE_FORMAT = "remflow-probe/1"
+
+
+def probe(params: ParamsBase, manifest_path: str | Path, out: str | Path) -> dict:
+    """The regularity probe of one corruption manifest (remflow.detection.probe): how much of the corruption a
+    linear model on pixels transfers from one half of D_c to the other. One file per manifest, read by evaluate."""
+    from remflow.detection.probe import regularity_score
+
+    splits = load_splits(params.data)
+    manifest = load_manifest(manifest_path, splits)
+    task = make_task(params.data, splits, torch.device("cpu"), manifest)
+    seed = params.detection.seed if hasattr(params, "detection") else 0
+    with measure(torch.device("cpu")) as cost:
+        score = regularity_score(task, seed=seed)
+    d = {"format": PROBE_FORMAT, "manifest": str(manifest_path), "manifest_sha": file_digest(manifest_path),
+         "seed": seed, "regularity_score": round(float(score), 6), "seconds": round(cost.seconds, 3)}
+    write_json(out, d)
+    log(f"probe {manifest.get('corruption', manifest['regularity'])} seed {manifest['seed']}: "
+        f"regularity {score:.3f}, {cost.seconds:.1f}s")
+    return d

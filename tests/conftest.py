@@ -39,7 +39,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def make_params(over: dict | None = None):
-    from remflow.detection.loader import validate
+    from remflow.params import validate
 
     data = merge(root_params(), over or {})
     if THREADS:

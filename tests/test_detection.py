@@ -40,7 +40,7 @@ def named_manifest(params, splits, kind: str, **spec):
 
 
 def detection_problems(section: dict) -> list[tuple[str, str, str]]:
-    from remflow.detection.loader import validate
+    from remflow.params import validate
 
     with pytest.raises(ParamsError) as e:
         validate(merge(root_params(), {"detection": section}))
@@ -78,7 +78,7 @@ def test_without_cells_the_pipeline_has_no_detection_stage():
 
     with Repo(str(ROOT)) as repo:
         kinds = {s.name.split("@")[0] for s in repo.index.stages}
-    assert kinds == {"check", "corrupt", "pretrain", "discover", "unlearn", "evaluate"}
+    assert kinds == {"check", "corrupt", "pretrain", "probe", "discover", "unlearn", "evaluate"}
 
 
 # ---------------------------------------------------------------- corruptions and the probe
@@ -235,7 +235,7 @@ def test_each_detector_finds_its_planted_corruption(detector, regularity, digits
 
 def test_a_method_with_false_positives_in_d_f_runs_and_is_scored(tmp_path, digits_params, splits, cells):
     from remflow.detection import stages as detection
-    from remflow.evaluate import discovery_columns
+    from remflow.records import discovery_columns
     from remflow.io import read_json
     from remflow.metrics import evaluate_model
     from remflow.models import load_model
@@ -252,6 +252,7 @@ def test_a_method_with_false_positives_in_d_f_runs_and_is_scored(tmp_path, digit
         assert rec["forgotten"] == len(found["indices"])
         net, _ = load_model(tmp_path / run / "model.safetensors")
         scores[run] = evaluate_model(net, task_of(params, splits, manifest, found["indices"]))
+        assert rec["scores"] == scores[run]  # the run scored itself as its checkpoint scores
     disc = discovery_columns(found["indices"], manifest, "spectral")
     assert disc["discovery_precision"] <= 0.5 and disc["discovery_recall"] > 0.5
     # Healed keeps its definition (all of D_c, clean labels): REM still heals the backdoor with clean samples in D_f

@@ -18,7 +18,8 @@ SHRUNK = {
     "model": {"width": 8},
     "pretrain": {"epochs": 3, "eval_every": 3},
     "unlearn": {"epochs": 1},
-    "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0]},
+    # two methods: the test is about where stages run and what they write, not about the methods
+    "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0], "methods": ["none", "finetune"]},
     "runtime": {"threads": 1, "cpus": 1},
 }
 

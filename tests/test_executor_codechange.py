@@ -61,6 +61,27 @@ def test_the_worker_hashes_what_it_imports_and_sees_a_later_edit(tmp_path, monke
         sys.modules.pop(name, None)
 
 
+def test_a_code_fingerprint_dependency_stands_for_the_files_it_hashes(tmp_path):
+    """Stages depend on the `check` stage's fingerprints (artifacts/code/*.json), not on source files: the
+    commit-time check follows a fingerprint to the source files it hashes."""
+    import json
+
+    pkg = tmp_path / "code"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("VALUE = 1\n")
+    (pkg / "other.py").write_text("OTHER = 1\n")
+    fp = tmp_path / "project" / "artifacts" / "code" / "stage-x.json"
+    fp.parent.mkdir(parents=True)
+    fp.write_text(json.dumps({"code": "../code", "files": {"mod.py": "h", "mod.py:f": "h"}}))
+    imported = {str((pkg / n).resolve()): hashlib.md5((pkg / n).read_bytes()).hexdigest()
+                for n in ("mod.py", "other.py")}
+    assert stale_code([str(fp)], imported) == []
+    (pkg / "other.py").write_text("OTHER = 2\n")  # imported, but not behind this stage's fingerprint
+    assert stale_code([str(fp)], imported) == []
+    (pkg / "mod.py").write_text("VALUE = 2\n")
+    assert [os.path.basename(s[0]) for s in stale_code([str(fp)], imported)] == ["mod.py"]
+
+
 # `first` imports the code in the worker, `edit` changes a module it imported (someone editing during the run),
 # `second` runs on that same worker (one worker), still with the old code: refused at commit, run again on a fresh
 # worker with the new code, then committed.

@@ -17,7 +17,7 @@ from conftest import ROOT, THREADS, merge, root_params, write_yaml
 from remflow import stages
 from remflow.cli import app
 from remflow.data.datasets import load_splits
-from remflow.detection.loader import validate
+from remflow.params import validate
 from remflow.errors import RemflowError
 from remflow.io import read_json
 from remflow.params import DataCfg

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, make_params, merge, root_params
 from remflow.errors import RemflowError
-from remflow.detection.loader import load_params, validate
+from remflow.params import load_params, validate
 from remflow.params import ParamsError, read_yaml
 
 

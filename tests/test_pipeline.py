@@ -62,12 +62,18 @@ def test_adding_a_discovery_rate_runs_only_the_new_cells(repo):
 
 
 def test_same_params_same_bytes(repo):
-    """A forced rerun of every stage gives byte-identical checkpoints and the same metrics (DVC's cut-off works)."""
-    files = sorted(repo.path.glob("artifacts/**/*.safetensors")) + sorted(repo.path.glob("runs/*/model.safetensors"))
+    """A forced rerun gives byte-identical outputs and the same metrics (DVC's cut-off works): one stage of each
+    kind that trains or scores (both pretraining variants, an unlearn cell of each, evaluate), run again."""
+    stages = ["pretrain@high-0-standard", "pretrain@high-0-etd", "unlearn@finetune-high-1.0-0",
+              "unlearn_etd@none-high-0.5-0", "probe@high-0", "evaluate"]
+    files = [repo.path / f for f in ("artifacts/pretrain/high-0-standard/model.safetensors",
+                                      "artifacts/pretrain/high-0-etd/model.safetensors",
+                                      "runs/finetune-high-1.0-0/model.safetensors",
+                                      "runs/etd-none-high-0.5-0/model.safetensors", "artifacts/probe/high-0.json")]
     before = {f: f.read_bytes() for f in files}
     metrics = (repo.path / "metrics.json").read_text()
-    repo.run("dvc", "repro", "-f")
-    assert len(files) >= 10
+    ran = repo.ran_stages(repo.run("dvc", "repro", "-f", "-s", *stages))
+    assert sorted(ran) == sorted(stages)
     for f in files:
         assert f.read_bytes() == before[f], f
     assert (repo.path / "metrics.json").read_text() == metrics
@@ -147,10 +153,17 @@ def test_dry_and_refused_params_leave_the_worktree_as_it_was(repo):
 
 @pytest.mark.slow
 def test_recheck_records_a_refactor_and_refuses_a_change_of_results(repo):
-    """Editing the core as a normal step: a refactor of data/task.py (every pretrain and unlearn stage depends on
+    """Editing the core as a normal step: a refactor of data/task.py (every pretrain and unlearn stage reaches
     it) is re-run on a sample, compared byte for byte and recorded; a change that moves an output is refused."""
     task = repo.path / "remflow" / "data" / "task.py"
-    task.write_text(task.read_text() + "\n# a refactor that changes no output\n")
+    text = task.read_text()
+    # a comment re-runs nothing: the code fingerprints hash syntax trees (only `check` runs, to see that)
+    task.write_text(text + "\n# a comment\n")
+    assert repo.ran_stages(repo.run("dvc", "repro")) == ["check"]
+    anchor = '    """The task of one cell: channels_last inputs on CUDA, the params\' augmentation."""\n'
+    assert anchor in text
+    task.write_text(text.replace(anchor, anchor + "    unused = None  # a refactor that changes no output\n"))
+    repo.run("remflow", "check", "--record", "artifacts/code")
     assert "changed deps" in repo.run("dvc", "status").stdout
     res = repo.run("remflow", "recheck", "--record")
     assert "same outputs" in res.stdout and "differs" not in res.stdout, res.stdout + res.stderr

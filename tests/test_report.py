@@ -241,34 +241,52 @@ def test_a_missing_run_is_refused_with_the_cell_it_lacks(tmp_path, digits_params
     assert f"{n} of {n} runs are missing" in str(e.value)
 
 
-def test_runs_scored_in_a_pool_of_processes_score_as_in_this_one(cells, digits_params, monkeypatch):
-    """The evaluate stage spreads its runs over the cores (REMFLOW_EVAL_PROCESSES, default one process per
-    32 runs): every process scores whole runs on runtime.threads, so the scores are the same bit for bit."""
+def test_a_run_scores_itself_as_a_fresh_scoring_of_its_checkpoint_would(cells, digits_params, tmp_path):
+    """Each unlearn cell scores its model while it is in memory; evaluate only gathers the records. The record's
+    scores are those of the checkpoint written, scored afresh on a task built from the files (what the evaluate
+    stage computed before), and the row evaluate makes of them carries them unchanged."""
+    import shutil
     import torch
 
     from remflow.data.datasets import load_splits
+    from remflow.data.task import make_task
+    from remflow.data.corruption import load_manifest
+    from remflow.io import read_json, write_json
+    from remflow.metrics import evaluate_model
+    from remflow.models import load_model
     from remflow.errors import RemflowError
-    from remflow.evaluate import score_all, scoring_processes
-    from remflow.io import read_json
+    from remflow.records import row_of
 
-    jobs, direct = [], []
-    for reg in ("high", "medium"):
-        manifest, _ = cells.pretrained(reg)
-        _, metrics, _ = cells.run("finetune", reg, 0.5)
-        folder = sorted((cells.root / "runs").glob(f"*-finetune-standard-{reg}-0.5"))[-1]
-        jobs.append((str(folder), str(manifest), read_json(cells.discovered(reg, 0.5), "d")["indices"]))
-        direct.append(metrics)
     splits = load_splits(digits_params.data)
-    cpu = torch.device("cpu")
-    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "1")
-    alone = score_all(digits_params, splits, {}, jobs, cpu)
-    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "2")
-    assert scoring_processes(len(jobs), cpu) == 2
-    pooled = score_all(digits_params, splits, {}, jobs, cpu)
-    assert pooled == alone == direct
-    assert pooled[0] != pooled[1]  # two different runs, not one score twice
-    monkeypatch.setenv("REMFLOW_EVAL_PROCESSES", "0")
-    with pytest.raises(RemflowError, match="at least one process"):
-        scoring_processes(len(jobs), cpu)
-    monkeypatch.delenv("REMFLOW_EVAL_PROCESSES")
-    assert scoring_processes(31, cpu) == 1  # a small grid is scored in-process
+    for reg, rate in (("high", 0.5), ("medium", 1.0)):
+        record, _, _ = cells.run("finetune", reg, rate)
+        folder = sorted((cells.root / "runs").glob(f"*-finetune-standard-{reg}-{rate}"))[-1]
+        manifest = load_manifest(record["inputs"]["manifest"], splits)
+        task = make_task(digits_params.data, splits, torch.device("cpu"), manifest)
+        discovered = read_json(record["inputs"]["discovery"], "d")["indices"]
+        net, _ = load_model(folder / "model.safetensors")
+        fresh = evaluate_model(net, task.with_discovered(discovered), digits_params.runtime.eval_batch_size)
+        assert read_json(folder / "record.json", "r")["scores"] == record["scores"] == fresh
+        row = row_of(record, folder, 0.25)
+        assert {k: row[k] for k in fresh} == {k: round(v, 6) for k, v in fresh.items()}
+        assert row["discovery"] == "oracle" and row["discovery_recall"] == rate and row["regularity_score"] == 0.25
+
+    # an old record (no scores) is refused with the stage to rerun
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    rec = read_json(old / "record.json", "r")
+    del rec["scores"]
+    write_json(old / "record.json", rec)
+    with pytest.raises(RemflowError, match="no scores"):
+        row_of(rec, old, 0.0)
+
+
+def test_evaluate_reads_records_only_no_torch():
+    """The evaluate stage imports neither torch nor numpy: it gathers JSON records and writes the reports."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import remflow.evaluate, remflow.report, remflow.cli; "
+            "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

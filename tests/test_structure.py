@@ -97,7 +97,7 @@ def _models_in(tp) -> list[type[BaseModel]]:
 
 def schema_keys() -> set[tuple[str, ...]]:
     """Every key path of the params schema, through nested sections, unions and every method's config."""
-    from remflow.detection.loader import schema
+    from remflow.params import schema
     from remflow.methods import REGISTRY
 
     seen: set[tuple[str, ...]] = set()

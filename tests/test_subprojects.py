@@ -1,5 +1,5 @@
-"""Suites that do not weigh on each other: each is its own DVC project, and a stage declares only the code it
-runs (file dependencies; an unlearn cell's method modules through the fingerprint the `check` stage writes)."""
+"""Suites that do not weigh on each other: each is its own DVC project, and a stage depends only on the code it
+runs (the fingerprints the `check` stage derives from imports: remflow/codedeps.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from remflow import codedeps
-from remflow.detection.loader import load_params
+from remflow.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = sorted(p.name for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").is_file())
@@ -40,19 +40,77 @@ def _stage_deps(name: str) -> list[str]:
     return spec["stages"][name]["deps"]
 
 
-@pytest.mark.parametrize("package", ["data", "models"])
-def test_code_deps_are_files_and_name_every_module(package):
-    # folders outside a suite's project would be hashed with their __pycache__ (its .dvcignore stops at it)
-    modules = {f"${{code}}/{package}/{p.name}" for p in (ROOT / "remflow" / package).glob("*.py")}
-    for stage in ("pretrain", "unlearn", "unlearn_etd"):
-        deps = _stage_deps(stage)
-        assert modules <= set(deps), f"{stage} lacks {sorted(modules - set(deps))}"
-        assert not [d for d in deps if d.startswith("${code}") and not d.endswith(".py")]
+STAGE_OF = {"corrupt": "corrupt", "pretrain": "pretrain", "probe": "probe", "discover": "discover",
+            "unlearn": "unlearn", "unlearn_etd": "unlearn", "corrupt_x": "corrupt-x", "pretrain_x": "pretrain",
+            "probe_x": "probe", "detect": "detect", "unlearn_x": "unlearn-x", "evaluate": "evaluate"}
 
 
-def test_pretraining_does_not_depend_on_unlearning_code():
-    deps = _stage_deps("pretrain")
-    assert not [d for d in deps if "methods" in d or "method-code" in d or d.endswith("losses.py")]
+def test_no_stage_lists_code_files_each_depends_on_its_commands_fingerprint():
+    spec = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
+    assert set(spec["stages"]) == {"check", *STAGE_OF}
+    for name, cmd in STAGE_OF.items():
+        deps = spec["stages"][name]["deps"]
+        assert not [d for d in deps if d.startswith("${code}")], name
+        assert f"artifacts/code/stage-{cmd}.json" in deps, name
+        assert cmd in codedeps.STAGE_CODE
+    assert spec["stages"]["check"]["deps"] == ["params.yaml", "${code}"]
+    for stage in ("unlearn", "unlearn_etd", "unlearn_x"):
+        assert "artifacts/code/${item.method}.json" in spec["stages"][stage]["deps"]
+
+
+def _stage_files(cmd: str, root: Path = ROOT / "remflow") -> dict[str, str]:
+    return codedeps.stage_code(root, codedeps.STAGE_CODE[cmd])
+
+
+def test_stage_code_follows_imports_to_the_definitions_each_command_uses():
+    pretrain = _stage_files("pretrain")
+    files = codedeps.code_files({"files": pretrain})
+    # pretraining reaches the data, the models (through the models registry) and the training loop ...
+    for f in ("data/datasets.py", "data/task.py", "data/corruption.py", "models/cnn.py", "models/resnet9.py",
+              "models/vit.py", "models/layers.py", "train.py", "stages.py", "seeds.py", "io.py", "params.py"):
+        assert f in files, f
+    assert "stages.py:pretrain" in pretrain and "train.py:train" in pretrain
+    # ... and none of the unlearning code
+    assert not [k for k in pretrain if k.startswith(("methods/", "losses.py", "metrics.py", "records.py"))]
+    assert "stages.py:unlearn" not in pretrain and "stages.py:execute" not in pretrain
+    unlearn = _stage_files("unlearn")
+    assert {"stages.py:unlearn", "stages.py:execute", "metrics.py:evaluate_model", "records.py:run_label"} <= set(
+        unlearn)
+    evaluate = codedeps.code_files({"files": _stage_files("evaluate")})
+    assert "evaluate.py" in evaluate and "report.py" in evaluate and "records.py" in evaluate
+    assert not [f for f in evaluate if f.startswith(("train.py", "metrics.py", "data/", "stages.py"))]
+
+
+def test_an_edit_changes_the_fingerprints_of_the_stages_that_run_it_only(tmp_path):
+    code = tmp_path / "remflow"
+    import shutil
+
+    shutil.copytree(ROOT / "remflow", code, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {cmd: _stage_files(cmd, code) for cmd in ("pretrain", "unlearn", "evaluate")}
+
+    def edit(rel, old, new):
+        text = (code / rel).read_text()
+        assert old in text
+        (code / rel).write_text(text.replace(old, new, 1))
+        return {cmd: _stage_files(cmd, code) for cmd in before}
+
+    # a docstring, a comment and formatting: nothing changes
+    after = edit("stages.py", '"""Run the prepared method,', '"""Reworded. Run the prepared method,')
+    after = edit("train.py", "\ndef ", "\n# a new comment\n\n\ndef ")
+    assert after == before
+    # the unlearn stage's own code: unlearn only
+    after = edit("stages.py", 'record["scoring_seconds"] = round(scoring.seconds, 4)',
+                 'record["scoring_seconds"] = round(scoring.seconds, 3)')
+    assert after["pretrain"] == before["pretrain"] and after["evaluate"] == before["evaluate"]
+    assert after["unlearn"]["stages.py:execute"] != before["unlearn"]["stages.py:execute"]
+    # the training loop: pretraining and every training method's run (through ctx.train), not evaluate
+    params = load_params(ROOT / "params.yaml")
+    runs = codedeps.fingerprints(params, code / "methods")
+    again = edit("train.py", "def lr_factor(step: int, total: int, schedule: str) -> float:",
+                 "def lr_factor(step: int, total: int, schedule: str, unused=None) -> float:")
+    assert again["pretrain"] != after["pretrain"] and again["evaluate"] == after["evaluate"]
+    runs_again = codedeps.fingerprints(params, code / "methods")
+    assert runs_again["finetune"] != runs["finetune"]
 
 
 def test_no_project_carries_method_code_links():
@@ -64,19 +122,17 @@ def test_a_cell_depends_on_its_own_method_modules_only(tmp_path):
     p = load_params(ROOT / "pipelines" / "digits-full" / "params.yaml")
     codedeps.record(ROOT, p, tmp_path)
 
-    def methods_files(run):
-        return set(json.loads((tmp_path / f"{run}.json").read_text())["files"])
+    def method_files(run):
+        fp = json.loads((tmp_path / f"{run}.json").read_text())
+        assert fp["code"] == "remflow"
+        return {f for f in codedeps.code_files(fp) if f.startswith("methods/")}
 
-    rem = methods_files("rem")
-    assert {"rem.py", "forgetting.py", "base.py"} <= rem and "scrub.py" not in rem
-    assert methods_files("scrub") == {"scrub.py", "base.py"}
-    assert methods_files("finetune") == {"finetune.py", "base.py"}
-    assert methods_files("rem_ga") == rem  # an ablation runs rem.py's code
-    spec = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
-    for stage in ("unlearn", "unlearn_etd", "unlearn_x"):
-        assert "artifacts/code/${item.method}.json" in spec["stages"][stage]["deps"]
-    for stage in ("corrupt", "corrupt_x"):  # every stage runs after `check`
-        assert "artifacts/code/params-ok" in spec["stages"][stage]["deps"]
+    rem = method_files("rem")
+    assert {"methods/rem.py", "methods/forgetting.py", "methods/base.py"} <= rem and "methods/scrub.py" not in rem
+    assert method_files("scrub") == {"methods/scrub.py", "methods/base.py"}
+    assert method_files("finetune") == {"methods/finetune.py", "methods/base.py"}
+    assert method_files("rem_ga") == rem  # an ablation runs rem.py's code
+    assert "losses.py" in codedeps.code_files(json.loads((tmp_path / "rem.json").read_text()))  # beyond methods/
 
 
 def _raw_root_params():
@@ -84,7 +140,7 @@ def _raw_root_params():
 
 
 def test_a_renamed_run_gets_its_method_fingerprint_and_a_removed_run_loses_it(tmp_path):
-    from remflow.detection.loader import validate
+    from remflow.params import validate
 
     (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
     raw = _raw_root_params()
@@ -100,16 +156,26 @@ def test_a_renamed_run_gets_its_method_fingerprint_and_a_removed_run_loses_it(tm
     assert not (out / "rem_keep05.json").exists()
 
 
-def test_a_docstring_edit_keeps_the_fingerprint_and_a_code_edit_changes_it():
+def test_a_docstring_comment_or_layout_edit_keeps_the_hash_and_a_code_edit_changes_it():
     src = (ROOT / "remflow" / "methods" / "scrub.py").read_text()
-    h = codedeps.source_hash(src)
+    h = codedeps.code_hash(src)
     tree_doc = src.index('"""') + 3
-    assert codedeps.source_hash(src[:tree_doc] + "Reworded. " + src[tree_doc:]) == h
-    assert codedeps.source_hash(src.replace("def ", "def  ", 1)) != h
-    assert codedeps.source_hash(src + "\nX = 1\n") != h
+    assert codedeps.code_hash(src[:tree_doc] + "Reworded. " + src[tree_doc:]) == h
+    assert codedeps.code_hash(src.replace("def ", "# a comment\ndef  ", 1)) == h
+    assert codedeps.code_hash(src + "\nX = 1\n") != h
     fn = 'def f(x):\n    """Doc."""\n    return x\n'
-    assert codedeps.source_hash(fn) == codedeps.source_hash(fn.replace("Doc.", "Other doc,\n    two lines."))
-    assert codedeps.source_hash(fn) != codedeps.source_hash(fn.replace("return x", "return -x"))
+    assert codedeps.code_hash(fn) == codedeps.code_hash(fn.replace("Doc.", "Other doc,\n    two lines."))
+    assert codedeps.code_hash(fn) != codedeps.code_hash(fn.replace("return x", "return -x"))
+
+
+def test_a_fingerprint_stands_for_its_source_files(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
+    out = tmp_path / "artifacts" / "code"
+    codedeps.record(tmp_path, load_params(ROOT / "params.yaml"), out)
+    files = codedeps.source_files(out / "stage-pretrain.json")
+    assert Path(files[0]).resolve().is_file()
+    assert str((ROOT / "remflow" / "train.py").resolve()) in {str(Path(f).resolve()) for f in files}
+    assert codedeps.source_files(tmp_path / "dvc.yaml") is None
 
 
 @pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)

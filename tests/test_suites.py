@@ -15,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import ROOT, DvcRepo, merge, write_yaml
-from remflow.detection.loader import load_params
+from remflow.params import load_params
 from remflow.pipeline_check import check_pipeline
 
 SUITES = sorted(p.name for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").is_file())
@@ -97,9 +97,56 @@ def write_fashion(root: Path, n: int = 600) -> None:
 WRITERS = {"cifar10": write_cifar, "svhn": write_svhn, "fashion_mnist": write_fashion}
 
 
+def smoke_params(suite: str, data_root: Path, **grid) -> dict:
+    """The suite's params with pipelines/smoke.yaml applied, on small files in its dataset's real format."""
+    params = YAML(typ="safe", pure=True).load((ROOT / "pipelines" / suite / "params.yaml").read_text())
+    smoke = YAML(typ="safe", pure=True).load((ROOT / "pipelines" / "smoke.yaml").read_text())
+    WRITERS[params["data"]["dataset"]](data_root)
+    over = merge(smoke, {"data": {"root": str(data_root)}, "model": SMALL_MODELS[params["model"]["name"]]})
+    return merge(merge(params, over), {"grid": grid} if grid else {})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", [s for s in SUITES if not s.startswith("digits")])  # digits: the root suite's runs
 def test_suite_smoke_run(tmp_path, suite):
+    """Every stage of the suite on its data format and model, every method of its grid (ETD rows included), and
+    the report: the stages' functions in one process (the pipeline around them is the same for every suite and
+    is run under DVC by test_a_suite_runs_as_its_own_dvc_project_under_dvc_repro and tests/test_pipeline.py)."""
+    from remflow import report, stages
+    from remflow.params import validate
+    from remflow.evaluate import evaluate
+
+    p = validate(smoke_params(suite, tmp_path / "data"))
+    art, runs = tmp_path / "artifacts", tmp_path / "runs"
+    g = p.grid
+    for reg in g.regularities:
+        for seed in g.seeds:
+            manifest = art / "corrupt" / f"{reg}-{seed}.json"
+            stages.corrupt(p, reg, seed, manifest)
+            stages.probe(p, manifest, art / "probe" / f"{reg}-{seed}.json")
+            for variant in g.pretrain_variants:
+                stages.pretrain(p, manifest, art / "pretrain" / f"{reg}-{seed}-{variant}", variant)
+            for rate in g.discovery_rates:
+                found = art / "discover" / f"{reg}-{rate}-{seed}.json"
+                stages.discover(p, manifest, rate, found)
+                for methods, variant, prefix in ((g.methods, "standard", ""), (g.etd_methods, "etd", "etd-")):
+                    for m in methods:
+                        model = art / "pretrain" / f"{reg}-{seed}-{variant}" / "model.safetensors"
+                        stages.unlearn(p, m, model, manifest, found, runs / f"{prefix}{m}-{reg}-{rate}-{seed}")
+    rows, dataset = evaluate(p, runs, art / "probe")
+    report.write_reports(rows, tmp_path / "reports", tmp_path / "metrics.json", context={"dataset": dataset})
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    expected = set(g.methods) | {f"{m}_etd" for m in g.etd_methods}
+    assert set(metrics["summary"]) == expected
+    assert len(rows) == len(expected) * len(g.regularities) * len(g.discovery_rates) * len(g.seeds)
+    assert all(0.0 <= r["utility"] <= 1.0 and 0.0 <= r["healed"] <= 1.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_suite_runs_as_its_own_dvc_project_under_dvc_repro(tmp_path):
+    """A suite as the repository holds it: one git repository, the suite a DVC project of its own (--subdir)
+    whose dvc.yaml reaches the code at ../../remflow; a few methods (every method runs in the smoke runs)."""
+    suite = "fashion-mnist"
     repo_dir = tmp_path / "repo"
     (repo_dir / "pipelines").mkdir(parents=True)
     shutil.copytree(ROOT / "remflow", repo_dir / "remflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -108,16 +155,11 @@ def test_suite_smoke_run(tmp_path, suite):
     folder.mkdir()
     # the suite's definition only: a committed run's dvc.lock (a megabyte for fashion-mnist) would make DVC
     # re-read and re-write it after every smoke stage (bench/lockfile.py), and its outputs are not smoke outputs
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / "pipelines" / suite / name, folder / name)
-    params = YAML(typ="safe", pure=True).load((folder / "params.yaml").read_text())
-    smoke = YAML(typ="safe", pure=True).load((ROOT / "pipelines" / "smoke.yaml").read_text())
-    data_root = repo_dir / "data" / suite
-    WRITERS[params["data"]["dataset"]](data_root)
-    over = merge(smoke, {"data": {"root": str(data_root)}, "model": SMALL_MODELS[params["model"]["name"]]})
-    write_yaml(folder / "params.yaml", merge(params, over))
+    shutil.copy(ROOT / "pipelines" / suite / "dvc.yaml", folder / "dvc.yaml")
+    params = smoke_params(suite, repo_dir / "data" / suite, methods=["none", "rem"], etd_methods=["rem"])
+    params["methods"] = {"none": {}, "rem": params["methods"]["rem"]}
+    write_yaml(folder / "params.yaml", params)
 
-    # laid out as the repository holds it: one git repository, the suite a DVC project of its own (--subdir)
     repo = DvcRepo(repo_dir)
     repo.run("git", "init", "-q", "-b", "main")
     repo.path = folder
@@ -129,8 +171,9 @@ def test_suite_smoke_run(tmp_path, suite):
     repo.run("git", "commit", "-q", "-m", "suite")
     repo.run("dvc", "repro")
     metrics = json.loads((folder / "metrics.json").read_text())
-    p = load_params(folder / "params.yaml")
-    expected = set(p.grid.methods) | {f"{m}_etd" for m in p.grid.etd_methods}
-    assert set(metrics["summary"]) == expected
+    assert set(metrics["summary"]) == {"none", "rem", "rem_etd"}
     rows = (folder / "reports" / "results.csv").read_text().splitlines()
-    assert len(rows) - 1 == len(expected) * len(p.grid.regularities)
+    assert len(rows) - 1 == 3
+    fp = json.loads((folder / "artifacts" / "code" / "stage-unlearn.json").read_text())
+    assert fp["code"] == "../../remflow"
+    assert repo.ran_stages(repo.run("dvc", "repro")) == []

@@ -1,6 +1,6 @@
 """The `detection:` section of params.yaml: the study's corruption cells, detectors, budgets and runs.
 
-Like every section it rejects unknown keys; remflow.detection.loader adds it to the schema of remflow.params.
+Like every section it rejects unknown keys; remflow.params includes it in the schema.
 """
 
 from __future__ import annotations

@@ -7,14 +7,11 @@ positives), and Healed and Utility keep their definitions.
 
 from __future__ import annotations
 
-import copy
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from remflow import __version__
+from remflow import stages
+from remflow.config import CORRUPTION_OF
 from remflow.cost import measure
 from remflow.data.corruption import check_manifest, load_manifest
 from remflow.data.datasets import describe, load_splits
@@ -23,10 +20,10 @@ from remflow.detection.config import DETECTORS
 from remflow.detection.corruptions import family, make_corruption
 from remflow.detection.detectors import flag, precision_recall, scores_of
 from remflow.errors import RemflowError
-from remflow.io import atomic_dir, file_digest, read_json, save_checkpoint, write_json
-from remflow.models import build_model, count_params, load_model, shape_signature
+from remflow.io import read_json, write_json
+from remflow.models import load_model
 from remflow.progress import log
-from remflow.seeds import derive_seed
+from remflow.records import VIEW_SUFFIX, discovery_columns, run_label
 from remflow.train import setup_runtime
 
 DETECTION_FORMAT = "remflow-detection/1"
@@ -104,56 +101,20 @@ def view_indices(found: list[int], manifest: dict, view: str) -> list[int]:
 
 def unlearn(params, run: str, model_path: str | Path, manifest_path: str | Path, found_path: str | Path,
             view: str, out_dir: str | Path) -> dict:
-    from remflow.methods import REGISTRY, UnlearnContext
-
+    """remflow's unlearn stage on a flagged D_f: `found` as the detector flagged it, `hits` its true positives."""
     if view not in VIEWS:
         raise RemflowError("unknown view", key="--view", got=view, hint="found or hits")
-    cfg = params.method(run)
-    method = REGISTRY[cfg.method]
-    device = setup_runtime(params.runtime)
     splits = load_splits(params.data)
     manifest = check_manifest(read_json(manifest_path, "corruption manifest"), splits, str(manifest_path))
     found = check_detection(read_json(found_path, "detection file"), manifest, len(splits.train_y), str(found_path))
     forget = view_indices(found["indices"], manifest, view)
-    model, meta = load_model(model_path, device)
-    if meta.get("fingerprint") != splits.fingerprint:
-        raise RemflowError("checkpoint was trained on other data", key=str(model_path), hint="rerun its pretrain stage")
-    if model.widened:
-        raise RemflowError("the detection study runs on standard pretrained models", key=str(model_path))
-    deployed = build_model(params.model, splits.in_channels, splits.num_classes, splits.image_size)
-    if shape_signature(deployed) != shape_signature(model):
-        raise RemflowError("checkpoint architecture differs from params' `model`", key=str(model_path),
-                           hint="rerun its pretrain stage: dvc repro")
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    seed = int(manifest["seed"])
-    task = make_task(params.data, splits, device, manifest, forget)
-    ctx = UnlearnContext(model, task, params, seed, device)
-    torch.manual_seed(derive_seed(seed, run, "unlearn"))
+    prep = stages.prepare(params, run, model_path, splits, manifest, forget, found, standard_only=True)
     log(f"unlearn {run} on {found['detector']} {view} {manifest.get('corruption')} budget {found['budget']:g} "
-        f"seed {seed}: |D_f| = {len(forget)}")
-    with measure(device) as cost:
-        if forget:
-            result = method.unlearn(ctx, cfg)
-        else:  # no true positive: nothing is known to forget, the original model stays
-            result, ctx.stats["empty_forget_set"] = copy.deepcopy(model), True
-    if shape_signature(result) != shape_signature(deployed):
-        raise RuntimeError(f"method '{cfg.method}' returned a model that is not the deployed architecture")
-    record = {
-        "study": "detection", "run": run, "method": cfg.method, "pretrained": "standard",
-        "corruption": manifest.get("corruption"), "regularity": family(manifest), "detector": found["detector"],
-        "view": view, "discovery_rate": float(found["budget"]), "seed": seed,
-        "config": cfg.model_dump(), "recipe": ctx.recipe(cfg).model_dump(), "stats": ctx.stats,
-        "unlearn_seconds": round(cost.seconds, 4), "peak_memory_mb": round(cost.peak_memory_mb, 2),
-        "params_deployed": count_params(deployed), "params_peak": max(ctx.peak_params, count_params(deployed)),
-        "forgotten": len(forget),
-        "inputs": {"model": str(model_path), "manifest": str(manifest_path), "discovery": str(found_path),
-                   "manifest_sha": file_digest(manifest_path), "discovery_sha": file_digest(found_path)},
-        "device": str(device), "torch": torch.__version__, "remflow": __version__,
-        "python": platform.python_version(),
-    }
-    with atomic_dir(out_dir) as tmp:
-        save_checkpoint(tmp / "model.safetensors", result.state_dict(), {**meta, "added": {}, "route": None})
-        write_json(tmp / "record.json", record)
-    log(f"unlearn {run}: {cost.seconds:.2f}s")
-    return record
+        f"seed {prep.ctx.seed}: |D_f| = {len(forget)}")
+    identity = {"study": "detection", "run": run, "method": prep.cfg.method, "pretrained": "standard",
+                "corruption": manifest.get("corruption"), "regularity": family(manifest), "detector": found["detector"],
+                "view": view, "discovery_rate": float(found["budget"]), "seed": prep.ctx.seed}
+    row = {"label": run_label(run, "standard") + VIEW_SUFFIX[view],
+           "corruption": manifest.get("corruption", CORRUPTION_OF[family(manifest)]),
+           **discovery_columns(forget, manifest, found["detector"] + (":hits" if view == "hits" else ""))}
+    return stages.execute(prep, identity, row, model_path, manifest_path, found_path, out_dir)

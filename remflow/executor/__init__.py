@@ -11,7 +11,7 @@ __all__ = ["Options", "Report", "commit_only", "execute", "plan", "run_suite", "
 
 def options_from(root: Path, cpus=None, gpus=None, workers=None, address=None, **rest) -> tuple[Options, object]:
     """Options from params.yaml's `runtime:` (validated by the schema), then the command line's overrides."""
-    from remflow.detection.loader import load_params
+    from remflow.params import load_params
 
     root = Path(root)
     p = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else None

@@ -108,13 +108,16 @@ def _files(path: str):
 
 
 def stale_code(dep_paths, imported: dict[str, str] | None) -> list[tuple[str, str, str | None]]:
-    """(dependency file, md5 the worker imported, md5 now) for each file among the stage's dependencies (files
-    or folders, followed through links) that the worker imported and that differs now (None: gone)."""
+    """(source file, md5 the worker imported, md5 now) for each file behind the stage's dependencies (files or
+    folders, followed through links; a code fingerprint of the `check` stage stands for the source files it
+    hashes) that the worker imported and that differs now (None: gone)."""
+    from remflow.codedeps import source_files
+
     if not imported:
         return []
     stale = []
     for dep in dep_paths:
-        for f in _files(dep):
+        for f in source_files(dep) or _files(dep):
             real = os.path.realpath(f)
             then = imported.get(real)
             if then is not None:

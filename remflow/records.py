@@ -1,0 +1,56 @@
+"""A run record's row: what the unlearn stage writes about its run and the evaluate stage aggregates.
+
+No torch here: the evaluate stage reads records and never a checkpoint. The unlearn stage scores its run
+while the model is in memory (remflow.stages) and puts the scores, the costs and the row's identity into
+`record.json`; `row_of` turns a record into the row of results.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from remflow.errors import RemflowError
+
+# a detection-study row's run label: `<run>_det` on D_f as the detector flagged it, `<run>_hits` on its true
+# positives alone (remflow/detection/)
+VIEW_SUFFIX = {"found": "_det", "hits": "_hits"}
+
+# what a record must carry for its row (written by the unlearn stage since records score themselves)
+ROW_KEYS = ("label", "corruption", "discovery", "discovery_precision", "discovery_recall")
+
+
+def run_label(run: str, pretrained: str) -> str:
+    return run if pretrained == "standard" else f"{run}_etd"
+
+
+def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict:
+    """How D_f stands against D_c: precision (share of D_f in D_c) and recall (share of D_c in D_f)."""
+    corrupted = set(manifest["indices"])
+    hits = len(set(discovered) & corrupted)
+    return {"discovery": label, "discovery_precision": round(hits / len(discovered), 6) if discovered else float("nan"),
+            "discovery_recall": round(hits / len(corrupted), 6)}
+
+
+def row_of(rec: dict[str, Any], folder: Path, regularity_score: float) -> dict[str, Any]:
+    """The results.csv row of one run record (scores rounded as evaluate always wrote them)."""
+    row = rec.get("row")
+    if not isinstance(rec.get("scores"), dict) or not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
+        raise RemflowError("run record has no scores (written before runs scored themselves)", key=str(folder),
+                           hint="rerun its unlearn stage: dvc repro (or remflow run)")
+    head = {"run": row["label"], "method": rec["method"], "pretrained": rec["pretrained"],
+            "regularity": rec["regularity"], "discovery_rate": rec["discovery_rate"], "seed": rec["seed"]}
+    scores = {k: round(float(v), 6) for k, v in rec["scores"].items()}
+    tail = {
+        "unlearn_seconds": rec["unlearn_seconds"],
+        "peak_memory_mb": rec["peak_memory_mb"],
+        "params_deployed": rec["params_deployed"],
+        "params_peak": rec["params_peak"],
+        "corruption": row["corruption"],
+        "discovery": row["discovery"],
+        "discovery_precision": row["discovery_precision"],
+        "discovery_recall": row["discovery_recall"],
+    }
+    extra = {k: v for k, v in (rec.get("measures") or {}).items()}
+    return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
+            "details": rec.get("stats", {})}
