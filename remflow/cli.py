@@ -100,11 +100,12 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def _params(path: Path):
-    # the one loader: remflow.params (its schema includes the detection study's section)
+def _params(path: Path, light: bool = False):
+    # the one loader: remflow.params (its schema includes the detection study's section); `light`: without the
+    # method registry (and so without torch), for commands that read the grid only
     from remflow.params import load_params
 
-    return load_params(path)
+    return load_params(path, light=light)
 
 
 @app.command()
@@ -270,7 +271,7 @@ def evaluate(
     else:
         from remflow.evaluate import evaluate as gather
 
-        p = _params(params)
+        p = _params(params, light=True)
         rows, dataset = gather(p, runs, probes)
     if not rows:
         raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")

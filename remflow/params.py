@@ -23,7 +23,6 @@ from remflow.config import *  # noqa: F401,F403  the sections, re-exported for c
 from remflow.config import CrossError, ParamsBase
 from remflow.detection.config import FAMILY, DetectionCfg
 from remflow.errors import RemflowError
-from remflow.methods import REGISTRY
 
 # Params is ParamsBase with `methods` typed as the registry's discriminated union (built by schema()).
 Params = ParamsBase
@@ -35,10 +34,20 @@ DATASET_SHAPE = {"digits": (8, 10), "fashion_mnist": (28, 10), "cifar10": (32, 1
 
 @functools.cache
 def schema() -> type[ParamsBase]:
+    from remflow.methods import REGISTRY
+
     configs = tuple(m.config for m in REGISTRY.values())
     entry = Annotated[Union[configs], Field(discriminator="method")]  # type: ignore[valid-type]
     return create_model("Params", __base__=ParamsBase, methods=(dict[str, entry], {}),
                         detection=(DetectionCfg, DetectionCfg()),
+                        __validators__={"_detection": model_validator(mode="after")(_detection_rules)})
+
+
+@functools.cache
+def light_schema() -> type[ParamsBase]:
+    """The schema without the method registry (`methods:` entries left as mappings): for commands that only
+    read the grid and the report settings (evaluate), so that they import no method and no torch."""
+    return create_model("Params", __base__=ParamsBase, detection=(DetectionCfg, DetectionCfg()),
                         __validators__={"_detection": model_validator(mode="after")(_detection_rules)})
 
 
@@ -86,6 +95,8 @@ def cross_checks(p: ParamsBase) -> list[tuple[str, str, str]]:
         problems.append(("corruption.count", "interclass confusion (`medium` in grid.regularities) needs an even "
                          "corrupted-set size: n/2 samples of each class", _short(c.count)))
     from remflow.plugins import plugin_checks  # the user's own reader or model class: importable, fit for the grid
+
+    from remflow.methods import REGISTRY
 
     problems += plugin_checks(p, {name for name, m in REGISTRY.items() if m.uses_expansion})
     if p.data.dataset not in DATASET_SHAPE:  # folder, npz, a plug-in: the data's shape rules run on the data
@@ -148,16 +159,18 @@ def read_yaml(path: str | Path) -> Any:
     return copy.deepcopy(_PARSED[key])
 
 
-def validate(raw: Any, path: str = "params.yaml") -> ParamsBase:
+def validate(raw: Any, path: str = "params.yaml", *, light: bool = False) -> ParamsBase:
+    """The params, validated whole; `light`: by `light_schema`, without the rules that need the method registry
+    or the dataset's shape (a command that reads the grid only, after `check` has validated everything)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(path, [("(top level)", "params must be a mapping of sections", _short(raw))])
     try:
-        p = schema().model_validate(raw)
+        p = (light_schema() if light else schema()).model_validate(raw)
     except ValidationError as e:
         raise ParamsError(path, [_describe(err) for err in e.errors()]) from None
-    problems = cross_checks(p) + detection_checks(p)
+    problems = [] if light else cross_checks(p) + detection_checks(p)
     if problems:
         raise ParamsError(path, problems)
     return p
@@ -173,8 +186,8 @@ def read_params(path: str | Path) -> Any:
     return raw
 
 
-def load_params(path: str | Path = "params.yaml") -> ParamsBase:
-    return validate(read_params(path), str(path))
+def load_params(path: str | Path = "params.yaml", *, light: bool = False) -> ParamsBase:
+    return validate(read_params(path), str(path), light=light)
 
 
 def _describe(err: dict) -> tuple[str, str, str]:
@@ -211,6 +224,8 @@ def _describe(err: dict) -> tuple[str, str, str]:
 
 
 def _is_method_tag(part: str) -> bool:
+    from remflow.methods import REGISTRY
+
     return part in REGISTRY
 
 

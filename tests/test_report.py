@@ -282,11 +282,16 @@ def test_a_run_scores_itself_as_a_fresh_scoring_of_its_checkpoint_would(cells, d
 
 
 def test_evaluate_reads_records_only_no_torch():
-    """The evaluate stage imports neither torch nor numpy: it gathers JSON records and writes the reports."""
+    """The evaluate stage imports neither torch nor numpy: it reads the grid (params without the method registry),
+    gathers JSON records and writes the reports."""
     import subprocess
     import sys
 
-    code = ("import sys; import remflow.evaluate, remflow.report, remflow.cli; "
+    from conftest import ROOT
+
+    code = ("import sys; import remflow.evaluate, remflow.report, remflow.cli; from remflow.params import load_params; "
+            "load_params(sys.argv[1], light=True); "
             "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], capture_output=True, text=True,
+                         check=True).stdout
     assert out.strip() == "[]"
