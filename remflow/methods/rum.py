@@ -15,7 +15,8 @@ Memorisation is estimated by a proxy, since the true score (Feldman & Zhang) nee
 - `proxy: confidence`: 1 - p_orig(y|x) under the original model (a confidence proxy; cheaper, weaker).
 
 `base` names any registered method (not RUM itself, nor one that needs an ETD checkpoint) and `base_params` its
-settings; each base run's figures go to `stats.subsets[i]`. The paper runs NegGrad+ and others as bases with
+settings; recipe fields set on RUM itself (`epochs`, `lr`, ...) pass to the base (per subset) unless
+`base_params` sets them; each base run's figures go to `stats.subsets[i]`. The paper runs NegGrad+ and others as bases with
 their own hyperparameters, tuned per subset; remflow runs one base config for all subsets, with the `unlearn:`
 budget per subset (RUM costs `subsets` times its base).
 
@@ -104,7 +105,9 @@ def split(scores: torch.Tensor, k: int) -> list[torch.Tensor]:
 def unlearn(ctx: UnlearnContext, cfg: RumConfig) -> torch.nn.Module:
     task = ctx.task
     base = REGISTRY[cfg.base]
-    base_cfg = base.config(**{"method": cfg.base, **cfg.base_params})
+    # recipe fields set on RUM (epochs, lr, ...) are the base's per subset, unless base_params sets its own
+    own = {k: getattr(cfg, k) for k in MethodConfig.model_fields if k != "method" and getattr(cfg, k) is not None}
+    base_cfg = base.config(**{"method": cfg.base, **own, **cfg.base_params})
     scores = memorisation(ctx, cfg)
     groups = split(scores, cfg.subsets)
     if cfg.order == "high_to_low":

@@ -45,7 +45,7 @@ from remflow.train import Data, Phase
 class ScarConfig(MethodConfig):
     method: Literal["scar"] = "scar"
     lambda_forget: float = Field(1.0, ge=0, description="weight of the Mahalanobis forgetting term")
-    lambda_retain: float = Field(1.0, ge=0, description="weight of the distillation on surrogate images")
+    lambda_retain: float = Field(3.0, ge=0, description="weight of the distillation on surrogate images")
     temperature: float = Field(4.0, gt=0, description="distillation temperature T; KL scaled by T^2")
     shrinkage: float = Field(0.1, ge=0, description="added to the pooled covariance's diagonal, times its mean "
                              "variance")
