@@ -44,6 +44,7 @@ __all__ = [
     "DataCfg",
     "BackdoorCfg",
     "InterclassCfg",
+    "RandomLabelsCfg",
     "CorruptionCfg",
     "CnnCfg",
     "ResNet9Cfg",
@@ -51,6 +52,8 @@ __all__ = [
     "PluginModelCfg",
     "PLUGIN_MODEL_TAG",
     "Recipe",
+    "SelectRule",
+    "TieRule",
     "EtdCfg",
     "PretrainCfg",
     "UnlearnCfg",
@@ -160,10 +163,19 @@ class InterclassCfg(Strict):
         return v
 
 
+class RandomLabelsCfg(Strict):
+    """Low regularity: |D_c| uniform indices get a new label drawn uniformly over all classes, as the released
+    code draws them, so about 1/num_classes keep their true label; `always_wrong` draws over the other classes."""
+
+    always_wrong: bool = Field(False, description="draw the new label over the other classes only (remflow's "
+                               "earlier rule), not over all classes (the released code: ~1/num_classes unchanged)")
+
+
 class CorruptionCfg(Strict):
     count: PositiveInt | float = Field(1000, description="|D_c|: a count, or a fraction of the training set")
     backdoor: BackdoorCfg = BackdoorCfg()
     interclass: InterclassCfg = InterclassCfg()
+    random_labels: RandomLabelsCfg = RandomLabelsCfg()
 
     @model_validator(mode="before")
     @classmethod
@@ -273,16 +285,29 @@ class EtdCfg(Strict):
         "(the released code); per_layer: salted by the layer")
 
 
+# ---------------------------------------------------------------- checkpoint selection (docs/protocol.md)
+
+SelectRule = Literal["best_val", "last"]
+TieRule = Literal["earliest", "latest"]
+SELECT_HELP = ("checkpoint kept: best_val = the best validation accuracy, checked every `eval_every` epochs and "
+               "after the last (the released code: the best test accuracy); last = the last epoch")
+TIE_HELP = ("of equal validation accuracies: latest = the later epoch wins, earliest = a later epoch must score "
+            "strictly higher")
+
+
 class PretrainCfg(Recipe):
-    """Training the original (corrupted) model; paper: SGD lr 0.025, batch 512, 4000 steps (~41 epochs)."""
+    """Training the original (corrupted) model; paper: SGD lr 0.025, batch 512, 4000 steps (~41 epochs).
+    Selection as the released code: checked every 5 epochs (on test accuracy there, on the validation split
+    here); Retrain is trained and selected alike (methods/retrain.py, docs/protocol.md)."""
 
     lr: float = Field(0.025, gt=0)
     epochs: PositiveInt = 41
     schedule: Literal["warmup_linear", "constant"] = "warmup_linear"
     eval_every: PositiveInt = Field(5, description="epochs between validation checks (best checkpoint kept)")
-    select: Literal["best_val", "last"] = Field(
-        "best_val", description="checkpoint kept: best validation accuracy (the paper keeps the best test "
-        "accuracy) or the last epoch (for a validation split too small to tell the epochs apart)")
+    select: SelectRule = Field("best_val", description=SELECT_HELP + "; last suits a validation split too "
+                               "small to tell the epochs apart")
+    tie: TieRule = Field("latest", description=TIE_HELP + " (the released code compares strictly on 10,000 test "
+                         "images, where ties are rare and the later checkpoints of the decaying rate score higher)")
     etd: EtdCfg = EtdCfg()
 
 

@@ -121,19 +121,32 @@ class Phase:
     recipe: Recipe | None = None  # the own optimizer's recipe (shares_optimizer=False)
 
 
+Tie = Literal["earliest", "latest"]
+
+
 @dataclass
 class Selection:
     """Which epoch to keep: the best `score(model)` (never the test set), checked every `every` epochs and after
-    the last; `start`: the model before training competes as epoch 0 (it can be returned unchanged)."""
+    the last epoch run (`every=None`: after the last only, i.e. the last epoch is kept); `start`: the model
+    before training competes as epoch 0 (it can be returned unchanged). `tie`: which of equal scores wins,
+    the earlier epoch (a later one must score strictly higher) or the later one."""
 
     name: str
     score: Callable[[nn.Module], float]
-    every: int = 1
+    every: int | None = 1
     start: bool = False
     # with `start`, when no epoch beats the starting model: "original" returns it unchanged (remflow's earlier
     # rule), "last" leaves the model at its last epoch (the released REM and NPO, whose kept model starts as an
     # alias of the live one); a kept epoch is always a copy, never an alias
     fallback: Literal["original", "last"] = "original"
+    tie: Tie = "earliest"
+
+    @property
+    def rule(self) -> str:
+        """The rule in words, for the run record: `last`, or `<name> every <k>, <tie> tie`."""
+        if self.every is None:
+            return "last"
+        return f"{self.name} every {self.every}, {self.tie} tie"
 
 
 @dataclass
@@ -150,7 +163,7 @@ class TrainLog:
         """The figures a method's run record keeps."""
         out: dict = {"steps": self.steps, "epochs": len(self.epochs)}
         if select is not None:
-            out.update(best_epoch=self.best_epoch, **{select.name: round(self.best_score, 6)})
+            out.update(best_epoch=self.best_epoch, **{select.name: round(self.best_score, 6)}, selection=select.rule)
             if select.start and select.fallback == "last":
                 out["fell_back"] = self.fell_back
         for label, rounds in self.rounds.items():
@@ -179,9 +192,9 @@ def train(
     best = None
     if select is not None:
         if select.start and select.fallback == "original":
-            best = KeepBest(model, select.score(model))
+            best = KeepBest(model, select.score(model), tie=select.tie)
         else:  # no copy of the start: restoring without a better epoch keeps the last one
-            best = KeepBest(model)
+            best = KeepBest(model, tie=select.tie)
             if select.start:
                 best.score = select.score(model)
     total = _total(main)
@@ -198,7 +211,8 @@ def train(
                 entry[phase.label] = epochs
             loss, log.steps = _epoch(net, opt, main, base_lrs, log.steps, total, device)
             entry = {"epoch": epoch + 1, "steps": log.steps, "loss": loss, **entry}
-            if best is not None and ((epoch + 1) % select.every == 0 or epoch + 1 == main.epochs):
+            final = epoch + 1 == main.epochs or log.steps >= total
+            if best is not None and (final or (select.every is not None and (epoch + 1) % select.every == 0)):
                 score = select.score(model)
                 best.offer(model, score, epoch + 1)
                 entry[select.name] = score
@@ -208,6 +222,11 @@ def train(
                 break
     for g, lr in zip(opt.param_groups, base_lrs):
         g["lr"] = lr
+    if best is not None and log.epochs and select.name not in log.epochs[-1]:
+        # `until` ended the phase between checks: its last epoch is checked too (`every=None`: kept)
+        score = select.score(model)
+        best.offer(model, score, log.epochs[-1]["epoch"])
+        log.epochs[-1][select.name] = score
     if best is not None:
         log.fell_back = best.state is None and bool(log.epochs) and select.start
         best.restore(model)
@@ -278,15 +297,16 @@ def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 class KeepBest:
-    """Holds a copy of the best state seen so far (by a score that never looks at the test set)."""
+    """Holds a copy of the best state seen so far (by a score that never looks at the test set); of equal
+    scores the earliest is kept (`tie="earliest"`, a strict comparison) or the latest (`tie="latest"`)."""
 
-    def __init__(self, model: nn.Module, score: float = float("-inf")):
-        self.score = score
+    def __init__(self, model: nn.Module, score: float = float("-inf"), tie: Tie = "earliest"):
+        self.score, self.tie = score, tie
         self.state = copy.deepcopy(model.state_dict()) if score > float("-inf") else None
         self.epoch = 0
 
     def offer(self, model: nn.Module, score: float, epoch: int) -> bool:
-        if score > self.score:
+        if score > self.score or (self.tie == "latest" and score == self.score):
             self.score, self.epoch = score, epoch
             self.state = copy.deepcopy(model.state_dict())
             return True
@@ -303,9 +323,13 @@ def val_accuracy(model: nn.Module, task: Task, batch_size: int = 2048) -> float:
     return float((predict(model, task, task.val_x, batch_size=batch_size) == task.val_y).float().mean())
 
 
-def by_validation(task: Task, batch_size: int = 2048, every: int = 1) -> Selection:
-    """Keep the epoch with the best validation accuracy (the validation split, never the test set)."""
-    return Selection("val_acc", lambda m: val_accuracy(m, task, batch_size), every=every)
+def by_validation(task: Task, batch_size: int = 2048, every: int = 1, tie: Tie = "earliest",
+                  select: Literal["best_val", "last"] = "best_val") -> Selection:
+    """Keep the epoch with the best validation accuracy (the validation split, never the test set), checked
+    every `every` epochs and after the last, `tie` deciding between equal scores; `select="last"`: keep the
+    last epoch (its validation accuracy is still recorded)."""
+    return Selection("val_acc", lambda m: val_accuracy(m, task, batch_size),
+                     every=None if select == "last" else every, tie=tie)
 
 
 # ---------------------------------------------------------------- evaluation

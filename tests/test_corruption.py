@@ -40,8 +40,22 @@ def test_interclass_confusion_takes_the_first_half_of_each_class(splits):
         make_manifest("medium", 0, CorruptionCfg(count=600), splits)
 
 
-def test_random_labels_are_wrong(splits):
-    m = make_manifest("low", 0, CorruptionCfg(count=0.1), splits)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_labels_are_drawn_over_all_classes_as_released(splits, seed):
+    # the released code's new label is uniform over all classes: about 1/num_classes keep their true label
+    m = make_manifest("low", seed, CorruptionCfg(count=0.5), splits)
+    idx, new = np.array(m["indices"]), np.array(m["labels"])
+    assert len(idx) == round(0.5 * len(splits.train_y)) and np.all((0 <= new) & (new < 10))
+    kept = float(np.mean(new == splits.train_y[idx]))
+    assert abs(kept - 0.1) < 0.04, kept  # 647 draws: one standard deviation is 0.012
+    assert np.bincount(new, minlength=10).min() > 0.5 * len(new) / 10  # every class drawn, none starved
+    wrong = make_manifest("low", seed, CorruptionCfg(count=0.5, random_labels={"always_wrong": True}), splits)
+    assert wrong["indices"] == m["indices"]  # the switch changes the labels only
+
+
+def test_always_wrong_random_labels_never_keep_the_true_label(splits):
+    cfg = CorruptionCfg(count=0.1, random_labels={"always_wrong": True})
+    m = make_manifest("low", 0, cfg, splits)
     idx, new = np.array(m["indices"]), np.array(m["labels"])
     assert len(idx) == round(0.1 * len(splits.train_y))
     assert np.all(new != splits.train_y[idx]) and np.all((0 <= new) & (new < 10))

@@ -133,3 +133,86 @@ def test_rem_with_the_removal_pass_on_forget_samples_only_still_heals(cells):
     assert rec["config"]["removal_pass"] == "forget" and rec["stats"]["steps"] > 0
     assert after["healed"] > original["healed"] + 0.3, (after, original)
     assert after["utility"] > original["utility"] - 0.05
+
+
+# ---------------------------------------------------------------- candidate fixes (off by default)
+
+
+def small_context(over: dict | None = None):
+    """A fresh small CNN on a corrupted digits task (no pretraining): enough to check the switches' wiring."""
+    import torch
+
+    from remflow.data.corruption import make_discovery, make_manifest
+    from remflow.data.datasets import load_splits
+    from remflow.data.task import make_task
+    from remflow.methods import UnlearnContext
+    from remflow.models import build_model
+
+    params = make_params({"data": {"train_size": 300}, "model": {"width": 4}, **(over or {})})
+    splits = load_splits(params.data)
+    manifest = make_manifest("low", 0, params.corruption, splits)
+    task = make_task(params.data, splits, torch.device("cpu"), manifest, make_discovery(manifest, 0.5, 0)["indices"])
+    torch.manual_seed(0)
+    model = build_model(params.model, splits.in_channels, splits.num_classes, splits.image_size)
+    return UnlearnContext(model, task, params, 0, torch.device("cpu")), params
+
+
+class ConstantClass(__import__("torch").nn.Module):
+    """Predicts class `k` for every image (a stand-in for a flushed model with a known verdict)."""
+
+    def __init__(self, k: int, classes: int = 10):
+        import torch
+
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(k), classes).float())
+
+    def forward(self, x, route=None):
+        return self.logits.expand(len(x), -1)
+
+
+def test_rem_candidate_fixes_are_off_by_default():
+    from remflow.methods.rem import RemConfig
+
+    cfg = RemConfig()
+    assert cfg.proxy == "released" and cfg.disowned_weight is None
+
+
+def test_the_disowned_samples_are_the_retained_ones_the_flushed_model_contradicts():
+    import torch
+
+    from remflow.methods.rem import disowned_samples, down_weighted
+
+    ctx, _ = small_context()
+    t = ctx.task
+    mask = disowned_samples(ctx, ConstantClass(0), t.retain)
+    expected = torch.zeros(t.num_train, dtype=torch.bool)
+    expected[t.retain] = t.train_y[t.retain] != 0
+    assert torch.equal(mask, expected) and not mask[t.forget].any()
+    term = torch.ones(4)
+    assert down_weighted(term, torch.tensor([True, False, True, False]), 0.25).tolist() == [0.25, 1, 0.25, 1]
+
+
+def test_the_trusted_proxy_does_not_count_the_disowned_samples():
+    from remflow.methods.forgetting import proxy
+    from remflow.methods.rem import disowned_samples, trusted_proxy
+
+    ctx, _ = small_context()
+    t, model = ctx.task, ConstantClass(0)
+    known = {"mask": None}
+    select = trusted_proxy(ctx, t.forget, t.retain, lambda: known["mask"], 0.2, "last", "flush")
+    released = proxy(ctx, model, t.forget, t.retain, 0.2)
+    assert select.score(model) == released  # before the first flush: the released proxy
+    known["mask"] = disowned_samples(ctx, model, t.retain)
+    forget_term = 1.0 - max(ctx.acc(model, t.forget), 0.2)
+    # every retained sample the model still agrees with is fitted: Acc(D_r) is 1 on them, ~0.1 on all of D_r
+    assert select.score(model) == forget_term > released
+
+
+def test_rem_records_the_disowned_samples_when_a_fix_is_on():
+    from remflow.methods.rem import run_rem
+
+    ctx, params = small_context({"methods": {"rem": {"epochs": 1, "flush_max_epochs": 1, "proxy": "trusted",
+                                                     "disowned_weight": 0.0}}})
+    run_rem(ctx, params.methods["rem"])
+    assert 0 <= ctx.stats["disowned_corrupted"] <= ctx.stats["disowned"] <= len(ctx.task.retain)
+    assert ctx.stats["steps"] > 0

@@ -8,9 +8,12 @@ it is applied at load time and never copies images.
   augmentation and normalisation, at the value given (default: the largest value of the normalised data).
 - medium regularity, `interclass`: the first n/2 training samples of class A get label B and the first n/2
   of class B get label A (Goel et al.; CIFAR-10 cat<->dog = 3<->5).
-- low regularity, `random_labels`: |D_c| uniform indices get a uniformly drawn *wrong* label. (The paper's
-  released code draws from the sorted index list, so about 10% keep their true label; we implement the
-  stated "random wrong labels".)
+- low regularity, `random_labels`: |D_c| uniform indices get a new label drawn uniformly over all classes, as
+  the released code draws them (in effect: it adds U{1..9} to another sample's label, the labels being read in
+  another order than the sorted indices), so about 1/num_classes keep their true label. They still count in
+  D_c (and in Healed, against their clean label). `random_labels.always_wrong` draws over the other classes
+  only (remflow's earlier rule, the paper's wording "random wrong labels"). Both draws take the same place in
+  the seeded stream, so the indices do not depend on the switch.
 
 Discovery takes a seeded permutation of D_c and keeps its first round(rate * |D_c|) entries, so the
 discovered sets of one seed are nested across rates (as numpy's choice without replacement is in the paper).
@@ -86,7 +89,10 @@ def make_manifest(regularity: str, seed: int, cfg: CorruptionCfg, splits: Splits
         classes = [a, b]
     elif regularity == "low":
         idx = np.sort(rng.choice(n_train, size=n, replace=False))
-        new = (labels[idx] + rng.integers(1, n_classes, size=n)) % n_classes
+        if cfg.random_labels.always_wrong:
+            new = (labels[idx] + rng.integers(1, n_classes, size=n)) % n_classes
+        else:
+            new = rng.integers(0, n_classes, size=n).astype(np.int64)
     else:
         raise RemflowError("unknown regularity", key="--regularity", got=regularity,
                            hint="one of high, medium, low")

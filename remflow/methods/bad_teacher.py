@@ -5,8 +5,10 @@ teacher: for a D_f sample the target is the softmax of a randomly initialised ("
 other sample the softmax of the frozen original ("competent") model. T = 1; the loss is
 F.kl_div(log_softmax(student), teacher) with the code's default elementwise mean (`reduction: mean`; the
 batch-mean KL proper is `batchmean`, C times larger). Like the other methods REM builds on its `Naive` trainer,
-the schedule is warm-up + linear decay; the epoch with the best validation accuracy is kept (the code selects
-on test accuracy). The original paper distils on a 30% subset of D_r; REM's code uses all of D_tr.
+the schedule is warm-up + linear decay and, as its `Naive` trainer, the checkpoint is checked every 5 epochs
+(`eval_every`; there on test accuracy, here on the validation split and after the last epoch too, the later
+of equal scores winning: docs/protocol.md). The original paper distils on a 30% subset of D_r; REM's code uses
+all of D_tr.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
-from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.methods.base import SelectedConfig, UnlearnContext, register
 from remflow.train import Phase
 
 
-class BadTeacherConfig(MethodConfig):
+class BadTeacherConfig(SelectedConfig):
     method: Literal["bad_teacher"] = "bad_teacher"
     schedule: Literal["warmup_linear", "constant"] | None = "warmup_linear"
+    eval_every: PositiveInt | None = Field(5, description="epochs between validation checks (the released code's "
+                                           "Naive trainer: every 5 epochs)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of teachers and student (BadT: 1)")
     reduction: Literal["mean", "batchmean"] = Field(
         "mean", description="KL reduction: mean = elementwise (REM's code, F.kl_div's default); batchmean = the KL")
@@ -50,4 +54,4 @@ def unlearn(ctx: UnlearnContext, cfg: BadTeacherConfig) -> torch.nn.Module:
 
     data = ctx.shuffled(task.everything, recipe.batch_size, "bad-teacher-data")
     return ctx.train(model, recipe, Phase("bad teacher", loss_fn, data, recipe.epochs, recipe.schedule),
-                     select=ctx.by_validation())
+                     select=ctx.by_validation(cfg))

@@ -5,6 +5,10 @@ paper's defaults) and a function `unlearn(ctx, cfg) -> model` returning the depl
 with `@register(...)`. A training-based method states its loss, the data it trains on and its selection rule
 (a `Phase` and a `Selection` of remflow.train) and calls `ctx.train`, the one shared part that runs the loop,
 the nested phases, the selection and the run's figures. See docs/adding-a-method.md.
+
+A method that keeps a validation-selected checkpoint states its rule in config: its config class derives from
+`SelectedConfig` (keys `select`, `eval_every`, `tie`, defaults what the released code does for it, see
+docs/protocol.md) and it passes `select=ctx.by_validation(cfg)` to `ctx.train`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Callable, Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from remflow.config import ParamsBase, Recipe, Strict
+from remflow.config import SELECT_HELP, TIE_HELP, ParamsBase, Recipe, SelectRule, Strict, TieRule
 from remflow.data.task import Task
 from remflow.models import WidenableNet, build_model, count_params
 from remflow.seeds import derive_seed
@@ -41,6 +45,32 @@ class MethodConfig(Strict):
         return Recipe(**{**budget.model_dump(include=set(Recipe.model_fields)), **own})
 
 
+class SelectedConfig(MethodConfig):
+    """A method that keeps a checkpoint by validation accuracy, with its rule stated in config (docs/protocol.md).
+    A key left at None takes pretraining's value (`pretrain.select`, `.eval_every`, `.tie`): Retrain's default."""
+
+    select: SelectRule | None = Field("best_val", description=SELECT_HELP + "; None: as pretraining")
+    eval_every: PositiveInt | None = Field(1, description="epochs between validation checks; None: as pretraining")
+    tie: TieRule | None = Field("latest", description=TIE_HELP + "; None: as pretraining")
+
+
+# the rule of `ctx.by_validation()` for a method whose config states none: every epoch, the later of equal scores
+DEFAULT_SELECTION = {"select": "best_val", "eval_every": 1, "tie": "latest"}
+
+
+def selection_rule(cfg: object | None, pretrain: object) -> dict:
+    """`select`, `eval_every` and `tie` of a method's config: its own where set, pretraining's where None, the
+    remflow default where the config has no such key."""
+    out = {}
+    for key, default in DEFAULT_SELECTION.items():
+        if cfg is not None and key in type(cfg).model_fields:
+            value = getattr(cfg, key)
+            out[key] = getattr(pretrain, key) if value is None else value
+        else:
+            out[key] = default
+    return out
+
+
 @dataclass
 class UnlearnContext:
     model: WidenableNet  # the original model; widened only for methods that use expansion and an ETD checkpoint
@@ -51,12 +81,15 @@ class UnlearnContext:
     route: dict | None = None  # {"keep", "seed"} of an ETD checkpoint's trained memorisation channels
     stats: dict = field(default_factory=dict)  # method figures for the run record (flush epochs, steps, ...)
     peak_params: int = 0
+    method_cfg: MethodConfig | None = None  # the config `recipe()` was last asked for: `by_validation()` reads it
 
     def __post_init__(self):
         self.note_params(self.model)
 
-    def recipe(self, cfg: MethodConfig) -> Recipe:
-        return cfg.recipe(self.params.unlearn)
+    def recipe(self, cfg: MethodConfig, budget: Recipe | None = None) -> Recipe:
+        """The method's recipe: its own keys over `budget` (default: the `unlearn:` section; Retrain: `pretrain:`)."""
+        self.method_cfg = cfg
+        return cfg.recipe(self.params.unlearn if budget is None else budget)
 
     def generator(self, *stream: object) -> torch.Generator:
         return self.task.generator(derive_seed(self.seed, *stream))
@@ -86,9 +119,13 @@ class UnlearnContext:
         """Epochs of `indices`, reshuffled each time from their own seeded stream."""
         return shuffled(self.task, indices, batch_size, self.generator(*stream), labels)
 
-    def by_validation(self) -> Selection:
-        """Keep the epoch with the best clean validation accuracy (never the test set)."""
-        return by_validation(self.task, self.params.runtime.eval_batch_size)
+    def by_validation(self, cfg: MethodConfig | None = None) -> Selection:
+        """The checkpoint selection of a method by clean validation accuracy (never the test set), by the rule
+        its config states (`select`, `eval_every`, `tie`; see SelectedConfig): `cfg`, else the config last
+        given to `recipe()`; a config without those keys gets every epoch, the later of equal scores."""
+        rule = selection_rule(cfg if cfg is not None else self.method_cfg, self.params.pretrain)
+        return by_validation(self.task, self.params.runtime.eval_batch_size, every=rule["eval_every"],
+                             tie=rule["tie"], select=rule["select"])
 
     def train(self, model: torch.nn.Module, recipe: Recipe, main: Phase, *, nested: tuple[Phase, ...] = (),
               select: Selection | None = None, compile: bool = False) -> torch.nn.Module:

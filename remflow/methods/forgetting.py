@@ -3,7 +3,9 @@
 Epochs of a per-sample forget loss on D_f through the base model, until the model's accuracy on D_f
 (corrupted labels, augmented images, as the released code measures it) is at most gamma, and REM's proxy
 for model selection, Acc(D_r) * (1 - max(Acc(D_f), gamma)), which needs no test data and no knowledge of
-the undiscovered corruption.
+the undiscovered corruption. The proxy sees the data as the flush stop does (`view: flush`, the released code:
+augmented images when the suite augments, drawn from a stream of its own); `view: clean` scores it on
+un-augmented images (remflow's earlier rule). Without augmentation the two are the same.
 """
 
 from __future__ import annotations
@@ -21,17 +23,31 @@ from remflow.train import Phase, Selection, predict, shuffled
 ForgetLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
+def augments(ctx: UnlearnContext) -> bool:
+    return bool(ctx.task.augment.crop_padding or ctx.task.augment.flip)
+
+
+def view_accuracy(ctx: UnlearnContext, model: nn.Module, idx: torch.Tensor, gen: torch.Generator | None) -> float:
+    """Accuracy on training samples `idx` against their training (corrupted) labels, in eval mode: on augmented
+    images drawn from `gen` when the suite augments and `gen` is given, else on the images as stored."""
+    t = ctx.task
+    if len(idx) == 0:
+        return float("nan")
+    pred = predict(model, t, t.train_x[idx], t.triggered[idx], gen=gen if augments(ctx) else None,
+                   batch_size=ctx.params.runtime.eval_batch_size)
+    return float((pred == t.train_y[idx]).float().mean())
+
+
 def forget_accuracy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, gen: torch.Generator) -> float:
     """Acc(D_f) against the corrupted labels on augmented images (the flush's stopping signal)."""
-    t = ctx.task
-    pred = predict(model, t, t.train_x[forget], t.triggered[forget], gen=gen if t.augment.crop_padding or
-                   t.augment.flip else None, batch_size=ctx.params.runtime.eval_batch_size)
-    return float((pred == t.train_y[forget]).float().mean())
+    return view_accuracy(ctx, model, forget, gen)
 
 
-def proxy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, retain: torch.Tensor, gamma: float) -> float:
-    """Acc_base(D_r) * (1 - max(Acc_base(D_f), gamma)), both against the training (corrupted) labels."""
-    return ctx.acc(model, retain) * (1.0 - max(ctx.acc(model, forget), gamma))
+def proxy(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, retain: torch.Tensor, gamma: float,
+          gen: torch.Generator | None = None) -> float:
+    """Acc_base(D_r) * (1 - max(Acc_base(D_f), gamma)), both against the training (corrupted) labels, on
+    augmented images drawn from `gen` when the suite augments and `gen` is given (the flush stop's view)."""
+    return view_accuracy(ctx, model, retain, gen) * (1.0 - max(view_accuracy(ctx, model, forget, gen), gamma))
 
 
 class ReferenceCE:
@@ -86,10 +102,13 @@ def forget_phase(ctx: UnlearnContext, model: nn.Module, forget: torch.Tensor, lo
 
 
 def by_proxy(ctx: UnlearnContext, forget: torch.Tensor, retain: torch.Tensor, gamma: float,
-             fallback: str = "original") -> Selection:
-    """REM's selection: the best proxy, the model before unlearning competing as epoch 0; `fallback` says what
-    is kept when no epoch beats it (see `Selection`)."""
-    return Selection("proxy", lambda m: proxy(ctx, m, forget, retain, gamma), start=True, fallback=fallback)
+             fallback: str = "original", view: str = "flush") -> Selection:
+    """REM's selection: the best proxy, the model before unlearning competing as epoch 0 (a later epoch must
+    beat it strictly, as the released code compares); `fallback` says what is kept when no epoch beats it (see
+    `Selection`). `view: flush`: the proxy sees the flush stop's view (augmented images when the suite augments,
+    from a stream of its own, so the training streams stay as they were); `clean`: un-augmented images."""
+    gen = ctx.generator("proxy-view") if view == "flush" else None
+    return Selection("proxy", lambda m: proxy(ctx, m, forget, retain, gamma, gen), start=True, fallback=fallback)
 
 
 def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) -> nn.Module:
@@ -103,5 +122,6 @@ def forget_with_proxy(ctx: UnlearnContext, cfg, loss: ForgetLoss, label: str) ->
                          gamma=cfg.gamma, epochs=recipe.epochs, batch_size=recipe.batch_size,
                          gen=ctx.generator(label), label=label,
                          min_epochs=min(getattr(cfg, "min_epochs", 0), recipe.epochs))
-    select = by_proxy(ctx, task.forget, task.retain, cfg.gamma, getattr(cfg, "fallback", "original"))
+    select = by_proxy(ctx, task.forget, task.retain, cfg.gamma, getattr(cfg, "fallback", "original"),
+                      getattr(cfg, "proxy_view", "flush"))
     return ctx.train(model, recipe, phase, select=select)

@@ -6,7 +6,10 @@ is cycled (reshuffled on every pass) for as long as the epoch lasts. The loss of
     alpha CE(retain batch) - (1 - alpha) CE(forget batch)
 
 in train mode, without an L2 anchor to the original weights (the notebook variant's extra). The learning-rate
-budget is the `unlearn:` section's; the epoch with the best validation accuracy is kept.
+budget is the `unlearn:` section's; the checkpoint is checked after every epoch on the validation split, the
+earlier of equal scores kept (`tie: earliest`, remflow's rule for it so far: REM's released code has no NegGrad+,
+so there is no released protocol to follow; with `tie: latest` digits fixture seed 1 kept epoch 7, whose
+validation accuracy equals an earlier epoch's, with test utility 7 points below the original's; docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from remflow.data.task import Batch
-from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.config import TIE_HELP, TieRule
+from remflow.methods.base import SelectedConfig, UnlearnContext, register
 from remflow.train import Data, Phase
 
 
-class NegGradPlusConfig(MethodConfig):
+class NegGradPlusConfig(SelectedConfig):
     method: Literal["neggrad_plus"] = "neggrad_plus"
+    tie: TieRule | None = Field("earliest", description=TIE_HELP + " (no released protocol: remflow's rule)")
     alpha: float = Field(0.9999, gt=0, lt=1, description="weight of the retain CE; 1 - alpha weighs the forget "
                          "ascent (SCRUB's large-scale interclass-confusion runs: 0.9999; small scale: 0.95)")
 
@@ -61,4 +66,4 @@ def unlearn(ctx: UnlearnContext, cfg: NegGradPlusConfig) -> torch.nn.Module:
     data = Data(task.num_batches(len(task.retain), recipe.batch_size),
                 lambda: paired(ctx, task.retain, task.forget, recipe.batch_size, gen, forget_gen))
     return ctx.train(model, recipe, Phase("neggrad+", loss_fn, data, recipe.epochs, recipe.schedule),
-                     select=ctx.by_validation())
+                     select=ctx.by_validation(cfg))

@@ -27,7 +27,9 @@ the proxy. The released code's structure is the default, each earlier remflow ch
   alone gives, conv biases 0, BN scale shrunk alike, BN running statistics from the training data); `fresh`:
   a default init with BN scale 1 and running statistics 0/1;
 - selection (`fallback`): an epoch is kept only if its proxy beats the original's; when none does REM returns
-  its last epoch, as the released code does; `original` returns the original model unchanged instead.
+  its last epoch, as the released code does; `original` returns the original model unchanged instead;
+- the proxy's view (`proxy_view`): the flush stop's view of the data, augmented images when the suite augments
+  (the released code scores both on its augmented training loader); `clean`: un-augmented images.
 
 Kept fixes of the released code's bugs: the proxy never looks at the test set; the kept epoch is a copy, not
 an alias of the live model (the released code's `best_model` alias is what makes it return the last epoch,
@@ -35,6 +37,21 @@ which remflow makes explicit with `fallback`); D_f shares a dedicated mask id (t
 training sample 0's mask, and gives the reference a different one), the same for the model and its reference.
 The expansion is explicit (channels appended to a deployed-width model) and masks come from a hash of the
 sample index (no mask cache).
+
+Candidate fixes (issue 28, item 4; both off by default, REM's default stays the paper's). Both read the D_r
+samples the flushed model disowns: after the first flush, before any repair step, the base model's prediction
+(un-augmented images) differs from their training label. Undiscovered corrupted samples the flush generalised
+to land there (with some hard clean samples):
+
+- `proxy: trusted` scores the selection proxy's Acc(D_r) on the samples the flushed model still agrees with,
+  so an epoch that re-learns the disowned samples (D_u among them) is not rewarded for it. The original model
+  competes with the released proxy over all of D_r (its disowned set is not known before the first flush; its
+  proxy is near 0 anyway while it still fits D_f);
+- `disowned_weight: w` multiplies the repair's redirect term of the disowned samples by w (0: the repair does not
+  fit them at all), so the repair does not re-teach them.
+
+The run record keeps `disowned` (how many) and `disowned_corrupted` (how many of them are in D_c: for the record
+only; the method never reads D_c).
 
 Ablations (paper §6.2, code names in brackets): `redirect: false` [REMGEN] fits the retained samples through
 the base model and adds no capacity; `remove_in_repair: false` [NPOREMMOD]; `rem_ga` [REMMOD] flushes with
@@ -55,9 +72,9 @@ from pydantic import Field, PositiveInt
 
 from remflow.losses import gradient_ascent, npo, npo_redirect, per_sample_ce
 from remflow.methods.base import MethodConfig, UnlearnContext, derive_seed, register
-from remflow.methods.forgetting import ReferenceCE, by_proxy, forget_phase
+from remflow.methods.forgetting import ReferenceCE, by_proxy, forget_phase, proxy
 from remflow.models.layers import SHARED_ID, Route, Widenable, WidenableNet
-from remflow.train import Data, Phase, autocast
+from remflow.train import Data, Phase, Selection, autocast, predict
 
 
 class RemConfig(MethodConfig):
@@ -84,6 +101,15 @@ class RemConfig(MethodConfig):
     fallback: Literal["last", "original"] = Field(
         "last", description="when no epoch's proxy beats the original's: return the last epoch (the released "
         "code) or the original model unchanged")
+    proxy_view: Literal["flush", "clean"] = Field(
+        "flush", description="images the selection proxy is scored on: flush = the flush stop's view (augmented "
+        "when the suite augments; the released code); clean = un-augmented (remflow's earlier rule)")
+    proxy: Literal["released", "trusted"] = Field(
+        "released", description="selection proxy: released = Acc(D_r) (1 - max(Acc(D_f), gamma)); trusted = "
+        "Acc on the D_r samples the flushed model still agrees with (does not reward re-learning the disowned)")
+    disowned_weight: float | None = Field(
+        None, ge=0, le=1, description="weight of the repair's redirect term on the D_r samples the flushed model "
+        "disowns (None: off, every sample weighs 1; 0: they are not fitted)")
     ideal_scope: Literal["mask_and_removal", "everywhere"] = Field(
         "mask_and_removal", description="with ideal: D_c takes the shared mask and the removal term, the flush "
         "and proxy stay on D_f (REMIDEAL); everywhere: D_c replaces D_f throughout")
@@ -238,8 +264,16 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
     flush = forget_phase(ctx, model, forget, forget_term, ref_ce, beta=cfg.beta, gamma=cfg.gamma,
                          epochs=cfg.flush_max_epochs, batch_size=bs, gen=gen, label="flush")
 
+    # the D_r samples the flushed model disowns (the candidate fixes' signal), taken once, after the first flush
+    track = cfg.proxy == "trusted" or cfg.disowned_weight is not None
+    state: dict = {"disowned": None}
+
     def repair_batches():
         """One epoch of the training set: (batch, positions of its D_f samples, or None to run them all)."""
+        if track and state["disowned"] is None:  # the first repair epoch: the flush has just run
+            state["disowned"] = disowned_samples(ctx, model, retain)
+            ctx.stats.update(disowned=int(state["disowned"].sum()),
+                             disowned_corrupted=int(state["disowned"][task.corrupted].sum()))
         if cfg.removal_pass == "batch":
             for batch in task.batches(task.everything, bs, gen):
                 yield batch, None
@@ -269,6 +303,8 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
         else:  # no redirection: fit the retained samples through the base model; D_f only in the removal term
             fit_term = ce_base if cfg.forget_loss == "ga" else npo_redirect(ce_base, ce_ref, cfg.beta)
             fit_term = torch.where(f, torch.zeros_like(fit_term), fit_term)
+        if cfg.disowned_weight is not None and state["disowned"] is not None:
+            fit_term = down_weighted(fit_term, state["disowned"][batch.idx], cfg.disowned_weight)
         loss = fit_term.sum()
         if cfg.remove_in_repair and ce_base is not None:
             loss = loss + torch.where(f, forget_term(ce_base, ce_ref, cfg.beta), torch.zeros_like(ce_base)).sum()
@@ -280,9 +316,45 @@ def run_rem(ctx: UnlearnContext, cfg: RemConfig) -> RemResult:
     repair = Phase("repair", repair_loss, Data(task.num_batches(task.num_train, bs), repair_batches),
                    recipe.epochs, recipe.schedule, until=None if cfg.patience is None else stalled("proxy", cfg.patience))
     # -- step 4's selection: an epoch must beat the original's proxy; otherwise `fallback` decides
-    ctx.train(model, recipe, repair, nested=(flush,), select=by_proxy(ctx, forget, retain, cfg.gamma, cfg.fallback))
+    if cfg.proxy == "trusted":
+        select = trusted_proxy(ctx, forget, retain, lambda: state["disowned"], cfg.gamma, cfg.fallback,
+                               cfg.proxy_view)
+    else:
+        select = by_proxy(ctx, forget, retain, cfg.gamma, cfg.fallback, cfg.proxy_view)
+    ctx.train(model, recipe, repair, nested=(flush,), select=select)
     ctx.stats.update(flushed=len(forget), forgotten=int(is_forget.sum()), added=dict(model.added))
     return RemResult(model, keep, route_seed, is_forget, per_layer)
+
+
+def disowned_samples(ctx: UnlearnContext, model: torch.nn.Module, retain: torch.Tensor) -> torch.Tensor:
+    """A mask over the training set: the samples of `retain` whose training label the model (base mode, eval,
+    un-augmented images) does not predict."""
+    t = ctx.task
+    out = torch.zeros(t.num_train, dtype=torch.bool, device=t.train_y.device)
+    if len(retain):
+        pred = predict(model, t, t.train_x[retain], t.triggered[retain],
+                       batch_size=ctx.params.runtime.eval_batch_size)
+        out[retain] = pred != t.train_y[retain]
+    return out
+
+
+def down_weighted(term: torch.Tensor, disowned: torch.Tensor, weight: float) -> torch.Tensor:
+    """A per-sample loss term with the disowned samples' entries multiplied by `weight`."""
+    return torch.where(disowned, term * weight, term)
+
+
+def trusted_proxy(ctx: UnlearnContext, forget: torch.Tensor, retain: torch.Tensor, disowned, gamma: float,
+                  fallback: str, view: str) -> Selection:
+    """REM's proxy with Acc(D_r) taken on the retained samples the flushed model still agrees with:
+    `disowned()` is the mask once known (None before the first flush: then all of D_r, the released proxy)."""
+    gen = ctx.generator("proxy-view") if view == "flush" else None
+
+    def score(m) -> float:
+        mask = disowned()
+        trusted = retain if mask is None else retain[~mask[retain]]
+        return proxy(ctx, m, forget, trusted, gamma, gen)
+
+    return Selection("proxy", score, start=True, fallback=fallback)
 
 
 def added_channels(model: WidenableNet, ratio: float, last: int | None) -> dict[str, int]:

@@ -10,8 +10,9 @@ original (the teacher) on D_r while moving away from it on D_f.
 Each epoch is a max pass over D_f (a nested phase), while fewer than `msteps` steps (max and min together) have run, then a
 min pass over D_r. Defaults are the configuration REM reports: its code's full-loss max step, alpha 0.01,
 gamma 1, T 4, msteps 100 (at CIFAR-10 scale, one or two max passes). The original SCRUB's large-scale
-values are alpha 0.001, gamma 0.99, T 4 and msteps counted in epochs (2 of 3). The epoch with the best
-validation accuracy is kept (the released codes select on test accuracy).
+values are alpha 0.001, gamma 0.99, T 4 and msteps counted in epochs (2 of 3). The checkpoint is checked after
+every epoch (`eval_every: 1`), on the validation split, the later of equal scores winning; REM's released code
+checks test accuracy after every pass, max passes included (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt
 
-from remflow.methods.base import MethodConfig, UnlearnContext, register
+from remflow.methods.base import SelectedConfig, UnlearnContext, register
 from remflow.train import Phase, shuffled
 
 
-class ScrubConfig(MethodConfig):
+class ScrubConfig(SelectedConfig):
     method: Literal["scrub"] = "scrub"
     alpha: float = Field(0.01, ge=0, description="weight of the KL term (REM reports alpha 0.01 of its grid "
                          "0.001..10; original SCRUB large scale: 0.001)")
@@ -75,4 +76,4 @@ def unlearn(ctx: UnlearnContext, cfg: ScrubConfig) -> torch.nn.Module:
                      or len(task.forget) == 0)
     min_phase = Phase("min", min_loss, shuffled(task, task.retain, recipe.batch_size, gen), recipe.epochs,
                       recipe.schedule)
-    return ctx.train(model, recipe, min_phase, nested=(max_pass,), select=ctx.by_validation())
+    return ctx.train(model, recipe, min_phase, nested=(max_pass,), select=ctx.by_validation(cfg))
