@@ -93,17 +93,18 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
     gen = task.generator(derive_seed(seed, "pretrain-data"))
     phase = Phase(f"pretrain {variant}", loss_fn, shuffled(task, task.everything, recipe.batch_size, gen),
                   recipe.epochs, recipe.schedule)
-    # the validation accuracy in base mode (memorisation channels dropped), every eval_every epochs; with
-    # `select: last` only after the last epoch, so the model is kept as training left it
-    every = recipe.eval_every if recipe.select == "best_val" else recipe.epochs
-    select = by_validation(task, params.runtime.eval_batch_size, every=every)
+    # the validation accuracy in base mode (memorisation channels dropped), every eval_every epochs, `tie`
+    # deciding between equal scores; with `select: last` only after the last epoch, which is kept
+    select = by_validation(task, params.runtime.eval_batch_size, every=recipe.eval_every, tie=recipe.tie,
+                           select=recipe.select)
     with measure(device) as cost:
         net = compiled(model, params.runtime) if route_meta is None else model
         fit_log = train(model, make_optimizer(model.parameters(), recipe), phase, select=select, net=net,
                         device=device)
     meta = checkpoint_meta(model, params.model, splits, variant=variant, route=route_meta)
     train_log = {"variant": variant, "regularity": manifest["regularity"], "seed": seed,
-                 "best_epoch": fit_log.best_epoch, "best_val_acc": fit_log.best_score, "steps": fit_log.steps,
+                 "best_epoch": fit_log.best_epoch, "best_val_acc": fit_log.best_score, "selection": select.rule,
+                 "steps": fit_log.steps,
                  "epochs": fit_log.epochs,
                  "seconds": round(cost.seconds, 3), "device": str(device)}
     out_dir = Path(out_dir)
