@@ -16,9 +16,9 @@ Memorisation is estimated by a proxy, since the true score (Feldman & Zhang) nee
 
 `base` names any registered method (not RUM itself, nor one that needs an ETD checkpoint) and `base_params` its
 settings; recipe fields set on RUM itself (`epochs`, `lr`, ...) pass to the base (per subset) unless
-`base_params` sets them; each base run's figures go to `stats.subsets[i]`. The paper runs NegGrad+ and others as bases with
-their own hyperparameters, tuned per subset; remflow runs one base config for all subsets, with the `unlearn:`
-budget per subset (RUM costs `subsets` times its base).
+`base_params` sets them; each base run's figures go to `stats.subsets[i]`. The paper runs NegGrad+ and others
+as bases with their own hyperparameters, tuned per subset; remflow runs one base config for all subsets, with
+the `unlearn:` budget per subset (RUM costs `subsets` times its base).
 
 What differs in remflow's setting: D_f is corrupted data, and for random labels nearly all of it is memorised, so
 the split mostly orders samples by how far each label is from what the data explains; the proxies are computed

@@ -106,7 +106,8 @@ def shuffle_tiles(x: torch.Tensor, grid: int, gen: torch.Generator) -> torch.Ten
     b, c, h, w = x.shape
     g = max(1, min(grid, h, w))
     th, tw = h // g, w // g
-    core = x[:, :, : th * g, : tw * g].reshape(b, c, g, th, g, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c, th, tw)
+    core = x[:, :, : th * g, : tw * g].reshape(b, c, g, th, g, tw).permute(0, 2, 4, 1, 3, 5)
+    core = core.reshape(b, g * g, c, th, tw)
     perm = torch.argsort(torch.rand((b, g * g), generator=gen, device=gen.device), dim=1).to(x.device)
     core = core[torch.arange(b, device=x.device)[:, None], perm]
     core = core.reshape(b, g, g, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, th * g, tw * g)
