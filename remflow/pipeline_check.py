@@ -23,14 +23,14 @@ STAGE_READS: dict[str, set[str]] = {
     "corrupt": {"data", "corruption"},
     "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
     "discover": set(),
-    "unlearn": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
+    "unlearn": {"data", "model", "pretrain", "unlearn", "robustness", *RUNTIME_RESULT_KEYS, "methods.<run>"},
     "probe": {"data", "detection.seed"},
     "evaluate": {"grid", "evaluate", "detection"},  # gathers run records: no data, no model
     # the detection study (remflow/detection/)
     "corrupt-x": {"data", "corruption", "detection.specs.<corruption>"},
     "detect": {"data", *RUNTIME_RESULT_KEYS, "detection.specs.<corruption>", "detection.detectors",
                "detection.seed"},
-    "unlearn-x": {"data", "model", "pretrain", "unlearn", *RUNTIME_RESULT_KEYS, "methods.<run>"},
+    "unlearn-x": {"data", "model", "pretrain", "unlearn", "robustness", *RUNTIME_RESULT_KEYS, "methods.<run>"},
 }
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
 _SPEC_KEY = re.compile(r"^detection\.specs\.\$\{item\.\w+\}$")

@@ -51,6 +51,6 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float) -> dict[s
         "discovery_precision": row["discovery_precision"],
         "discovery_recall": row["discovery_recall"],
     }
-    extra = {k: v for k, v in (rec.get("measures") or {}).items()}
+    extra = {k: round(float(v), 6) for k, v in (rec.get("measures") or {}).items()}
     return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
             "details": rec.get("stats", {})}

@@ -28,19 +28,29 @@ from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
 
+# the robustness measurements of each run (remflow/robustness.py; empty where a suite turns them off)
+ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_steps", "fewshot_steps", "fewshot_back",
+              "fewshot_k", "fewshot_threshold", "probe_clean", "probe_acc", "weight_dist", "weight_dist_rel",
+              "robustness_seconds"]
 COLUMNS = ["run", "method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",
            "params_peak", "corruption", "discovery", "discovery_precision", "discovery_recall", "regularity_score",
-           "details"]
+           *ROBUSTNESS, "details"]
 HEADLINE = ("healed", "utility", "score")
 TITLES = {"healed": "Healed", "utility": "Utility", "score": "Utility×Healed", "healed_test": "Healed (test)",
-          "forget_acc": "Acc(D_f)", "unlearn_seconds": "seconds"}
+          "forget_acc": "Acc(D_f)", "unlearn_seconds": "seconds", "relearn_healed": "Healed after relearning",
+          "relearn_drop": "Healed lost to relearning", "probe_acc": "Probe decodes D_c",
+          "probe_clean": "Clean readout finds D_c's labels", "fewshot_steps": "Few-shot steps until back",
+          "weight_dist_rel": "Relative distance from the original"}
+# the robustness tables of results.md: (column, shown as a percentage)
+ROBUSTNESS_TABLES = (("relearn_healed", True), ("relearn_drop", True), ("fewshot_steps", False),
+                     ("probe_acc", True), ("probe_clean", True), ("weight_dist_rel", False))
 DEFAULT_REFERENCE = "rem"
 CONFIDENCE = 0.95
 RESAMPLES = 9999
 _NUMERIC = {"discovery_rate", "healed", "utility", "score", "healed_test", "forget_acc", "unlearn_seconds",
             "peak_memory_mb", "params_deployed", "params_peak", "seed", "discovery_precision", "discovery_recall",
-            "regularity_score"}
+            "regularity_score", *ROBUSTNESS}
 
 
 def rate_key(rate: float) -> str:
@@ -248,15 +258,21 @@ def summary_table(rows: list[dict], metrics: Iterable[str] = HEADLINE) -> Table:
                  ["run", "runs"] + [TITLES.get(m, m) + " (%)" for m in metrics], body, bold)
 
 
-def metric_table(rows: list[dict], metric: str) -> Table:
-    """One metric: runs x (all cells, then each regularity), mean ± standard error, the best in bold."""
+def metric_table(rows: list[dict], metric: str, percent: bool = True, best: bool = True) -> Table:
+    """One metric: runs x (all cells, then each regularity), mean ± standard error, the best (largest) in bold
+    (`best`); `percent`: shown as a percentage."""
     by = summary_by_regularity(rows, metric)
     cols = ["all"] + regularities_of(rows)
     nan = (float("nan"), float("nan"), 0)
-    body = [[run, str(v["all"][2])] + [pm(*v.get(c, nan)[:2]) for c in cols] for run, v in by.items()]
-    bold = {(i, j + 2) for i, j in _best_cells([[v.get(c, nan)[0] for c in cols] for v in by.values()])}
-    return Table(f"{TITLES.get(metric, metric)} (%): mean ± standard error over cells and seeds",
-                 [f"{TITLES.get(metric, metric)} (%)", "runs"] + cols, body, bold)
+    def show(mean, err):
+        return pm(mean, err) if percent or math.isnan(mean) else f"{mean:.3g} ± {err:.2g}"
+
+    body = [[run, str(v["all"][2])] + [show(*v.get(c, nan)[:2]) for c in cols] for run, v in by.items()]
+    bold = {(i, j + 2) for i, j in _best_cells([[v.get(c, nan)[0] for c in cols] for v in by.values()])} if best \
+        else set()
+    unit = " (%)" if percent else ""
+    return Table(f"{TITLES.get(metric, metric)}{unit}: mean ± standard error over cells and seeds",
+                 [f"{TITLES.get(metric, metric)}{unit}", "runs"] + cols, body, bold)
 
 
 def taxonomy_table(rows: list[dict], run: str, metric: str) -> Table:
@@ -469,6 +485,7 @@ def write_reports(rows: list[dict], reports: str | Path, metrics_path: str | Pat
     md += [f"## Paired: {TITLES['score']} against {reference}", "", to_markdown(paired_table(rows, reference))]
     for metric in HEADLINE:
         md += [f"## Taxonomy: {TITLES[metric]} of {run}", "", to_markdown(taxonomy_table(rows, run, metric))]
+    md += robustness_markdown(rows, reference)
     md += detection_markdown(rows)
     if "params" in context:
         md += ["## Parameters", "", "```yaml", context["params"].rstrip(), "```", ""]
@@ -481,6 +498,28 @@ def write_reports(rows: list[dict], reports: str | Path, metrics_path: str | Pat
             atomic_write_bytes(reports / "regularity.png", png)
             written["regularity"] = reports / "regularity.png"
     return written
+
+
+def has_robustness(rows: list[dict]) -> bool:
+    return any(_finite(r.get("relearn_healed")) for r in rows)
+
+
+def robustness_markdown(rows: list[dict], reference: str) -> list[str]:
+    """Is the corruption gone or only hidden (remflow/robustness.py): each measurement by run and regularity,
+    Healed after the clean relearning attack paired against the reference, and its heatmaps."""
+    if not has_robustness(rows):
+        return []
+    some = [r for r in rows if _finite(r.get("relearn_healed"))]
+    md = ["## Is the corruption gone or only hidden?", "",
+          "Each run's deployed model under a clean relearning attack (fine-tuning on training data outside D_c), a "
+          "few-shot attack (the same with a few samples of D_f), feature probes and its distance from the "
+          "original (remflow/robustness.py). Read each against the `none` (the original) and `retrain` rows.", ""]
+    for col, percent in ROBUSTNESS_TABLES:
+        if any(_finite(r.get(col)) for r in some):
+            md += [f"### {TITLES.get(col, col)}", "", to_markdown(metric_table(some, col, percent, best=False))]
+    md += [f"### {TITLES['relearn_healed']}: paired against {reference}", "",
+           to_markdown(paired_table(some, reference, "relearn_healed"))]
+    return md
 
 
 def detection_markdown(rows: list[dict]) -> list[str]:
@@ -694,6 +733,11 @@ def write_heatmaps(rows: list[dict], folder: str | Path) -> dict[str, Path]:
             path = folder / f"{run}-{metric}.png"
             atomic_write_bytes(path, heatmap_png(rows, run, metric))
             written[f"heatmap:{run}:{metric}"] = path
+    if has_robustness(rows):
+        for run in runs_in_order(rows):
+            path = folder / f"{run}-relearn_healed.png"
+            atomic_write_bytes(path, heatmap_png(rows, run, "relearn_healed"))
+            written[f"heatmap:{run}:relearn_healed"] = path
     path = folder / "best-score.png"
     atomic_write_bytes(path, best_run_png(rows, "score"))
     written["best"] = path

@@ -226,11 +226,26 @@ def execute(prep: Prepared, identity: dict, row: dict, model_path, manifest_path
             record["scores"] = evaluate_model(deployed, scoring_task, ctx.params.runtime.eval_batch_size)
         record["row"] = row
         record["scoring_seconds"] = round(scoring.seconds, 4)
+        if ctx.params.robustness.enabled:  # is the corruption gone or only hidden (remflow/robustness.py)
+            record["measures"] = robustness_of(deployed, model_path, scoring_task, ctx)
         write_json(tmp / "record.json", record)
     s = record["scores"]
     log(f"unlearn {identity['run']}: {cost.seconds:.2f}s, peak {cost.peak_memory_mb:.0f} MB; healed {s['healed']:.3f}, "
         f"utility {s['utility']:.3f}")
     return record
+
+
+def robustness_of(deployed, model_path, task: Task, ctx) -> dict[str, float]:
+    """The robustness columns of a deployed model against the original it was unlearnt from (the checkpoint
+    at `model_path`, by its deployed slice when it was pretrained with memorisation channels)."""
+    from remflow import robustness
+
+    original, _ = load_model(model_path, ctx.device)
+    if original.widened:
+        original.deploy_()
+    params = ctx.params
+    return robustness.measure(deployed, original, task, params.robustness, ctx.seed, params.runtime.eval_batch_size,
+                              pretrain=params.pretrain)
 
 
 def _deployed_view(model):
@@ -248,7 +263,8 @@ PROBE_FORMAT = "remflow-probe/1"
 
 def probe(params: ParamsBase, manifest_path: str | Path, out: str | Path) -> dict:
     """The regularity probe of one corruption manifest (remflow.detection.probe): how much of the corruption a
-    linear model on pixels transfers from one half of D_c to the other. One file per manifest, read by evaluate."""
+    linear model on pixels transfers from one half of D_c to the other. One file per manifest, read by evaluate;
+    its bytes depend on its inputs only (the time goes to the log), so a forced re-run leaves evaluate cached."""
     from remflow.detection.probe import regularity_score
 
     splits = load_splits(params.data)
@@ -258,7 +274,7 @@ def probe(params: ParamsBase, manifest_path: str | Path, out: str | Path) -> dic
     with measure(torch.device("cpu")) as cost:
         score = regularity_score(task, seed=seed)
     d = {"format": PROBE_FORMAT, "manifest": str(manifest_path), "manifest_sha": file_digest(manifest_path),
-         "seed": seed, "regularity_score": round(float(score), 6), "seconds": round(cost.seconds, 3)}
+         "seed": seed, "regularity_score": round(float(score), 6)}
     write_json(out, d)
     log(f"probe {manifest.get('corruption', manifest['regularity'])} seed {manifest['seed']}: "
         f"regularity {score:.3f}, {cost.seconds:.1f}s")

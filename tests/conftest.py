@@ -25,7 +25,11 @@ THREADS = int(os.environ.get("REMFLOW_TEST_THREADS") or 2)  # 2 when unset: the 
 
 
 def root_params() -> dict:
-    return YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    """The default suite's params, robustness measurements off (tests/test_robustness.py measures them; the
+    other tests are about what a run does, and the attacks would cost every unlearning run they make)."""
+    data = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    data.setdefault("robustness", {})["enabled"] = False
+    return data
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -23,8 +23,11 @@ def assert_refused(result, *needles: str):
     assert result.exit_code == 2, text
     assert "Traceback" not in text
     assert len(text.splitlines()) <= 25, text  # one screen
+    # a long path wraps inside the panel (pytest-xdist's temporary folders are longer): also look in the lines
+    # joined without their borders
+    joined = "".join(line.strip().strip("│╭╮╰╯─").strip() for line in text.splitlines())
     for n in needles:
-        assert n in text, f"{n!r} not in:\n{text}"
+        assert n in text or n.replace(" ", "") in joined.replace(" ", ""), f"{n!r} not in:\n{text}"
 
 
 def params_file(tmp_path: Path, over: dict) -> Path:
@@ -46,8 +49,8 @@ def test_check_accepts_the_shipped_pipeline():
 
 
 def test_check_finds_an_undeclared_param(tmp_path):
-    dvc = (ROOT / "dvc.yaml").read_text().replace("      - unlearn\n      - runtime.device\n",
-                                                    "      - runtime.device\n", 1)
+    dvc = (ROOT / "dvc.yaml").read_text().replace("      - unlearn\n      - robustness\n",
+                                                    "      - robustness\n", 1)
     assert dvc != (ROOT / "dvc.yaml").read_text()
     (tmp_path / "dvc.yaml").write_text(dvc)
     r = invoke("check", "--params", str(ROOT / "params.yaml"), "--dvc", str(tmp_path / "dvc.yaml"))

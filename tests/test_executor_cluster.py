@@ -20,6 +20,7 @@ SHRUNK = {
     "unlearn": {"epochs": 1},
     # two methods: the test is about where stages run and what they write, not about the methods
     "grid": {"regularities": ["high"], "discovery_rates": [0.5, 1.0], "seeds": [0], "methods": ["none", "finetune"]},
+    "evaluate": {"taxonomy_run": "finetune"},
     "runtime": {"threads": 1, "cpus": 1},
 }
 

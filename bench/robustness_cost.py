@@ -1,0 +1,48 @@
+"""What the robustness measurements (remflow/robustness.py) cost each unlearning run, from a suite's run records.
+
+Every unlearn cell run with `robustness.enabled` records the wall-clock seconds of the measurements
+(`measures.robustness_seconds`) beside the method's own (`unlearn_seconds`) and the scoring's
+(`scoring_seconds`), all timed in the same process on the same model. This prints, per method and overall, the
+median of each and the ratio of the measurements to the unlearning run, so the cost of the switch is read off
+the suite's own runs (no separate timing loop).
+
+    remflow run                                   # a suite with robustness.enabled: true
+    python bench/robustness_cost.py runs          # or pipelines/<suite>/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="?", default="runs", help="a suite's runs folder")
+    args = ap.parse_args()
+    by: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for path in sorted(Path(args.runs).glob("*/record.json")):
+        rec = json.loads(path.read_text())
+        rob = (rec.get("measures") or {}).get("robustness_seconds")
+        if rob is None:
+            continue
+        label = rec.get("row", {}).get("label", rec["run"])
+        by[label].append((rec["unlearn_seconds"], rec.get("scoring_seconds", 0.0), rob))
+    if not by:
+        raise SystemExit(f"no run record under {args.runs} has robustness measurements (robustness.enabled)")
+    print(f"{'run':>18} {'cells':>5} {'unlearn s':>10} {'scoring s':>10} {'robustness s':>13} {'robust/unlearn':>15}")
+    every = []
+    for label, rows in by.items():
+        every += rows
+        u, s, r = (statistics.median(c) for c in zip(*rows))
+        print(f"{label:>18} {len(rows):>5} {u:>10.2f} {s:>10.3f} {r:>13.2f} {r / u:>15.2f}")
+    u, s, r = (sum(c) for c in zip(*every))
+    print(f"{'all (sums)':>18} {len(every):>5} {u:>10.1f} {s:>10.2f} {r:>13.1f} {r / u:>15.2f}")
+    print(f"the measurements add {r / (u + s):.0%} to the time of the unlearn stages (method + scoring)")
+
+
+if __name__ == "__main__":
+    main()
