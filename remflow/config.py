@@ -419,7 +419,7 @@ class RobustnessCfg(Strict):
       0.05 -> 0.005, unlearning 0.01; the paper's CIFAR-10: 0.025 -> 0.0025, unlearning 0.005). Siddiqui et al.
       relearn at 1e-5 with no weight decay; remflow's recipes are SGD with momentum 0.9 at rates far above
       theirs, so "small" is stated relative to the suite. On digits a Retrain model's Healed and Utility do not
-      move under it (0.94-0.95, 0.98), while a backdoor suppressed only at the head comes back (Healed 0.9 ->
+      move under it (0.92, 0.99), while a backdoor suppressed only at the head comes back (Healed 0.9 ->
       about 0.45); at 0.02 the same head-only model came back only partly (0.56), at 0.5 Retrain's Utility fell
       to 0.92 (the attack itself started to damage the model).
     - weight_decay 0 (Siddiqui et al.): the attack should not shrink weights towards zero, which would erase

@@ -24,7 +24,7 @@ Four measurements, each on a copy of the deployed model (the model passed in is 
      ways, averaged). The clean reference is needed: a backdoor's corrupted labels are all one class, and a
      probe fitted on D_c alone would call everything that class. This one learns the corrupted label itself,
      so it also decodes what the *input* makes separable: a visible trigger patch is separable in the features
-     of a model that never saw it (digits, seed 0: 0.83 for Retrain, 1.0 for the original). Read it against
+     of a model that never saw it (digits, seed 0: 0.80 for Retrain, 1.0 for the original). Read it against
      the none and retrain runs of the same cell, not against chance.
 4. Weight-space distance (`weight_dist`, `weight_dist_rel`) from the original: L2 norm of the difference over
    every parameter (not the BatchNorm running statistics), and that over the original's norm. An original with

@@ -66,6 +66,8 @@ def high(cells, digits_params):
     models = {"original": original, "head": head, "retrain": retrain}
     before = {name: (_state_bytes(m), m.training) for name, m in models.items()}
     out = {name: R.measure(m, original, task, cfg, 0, pretrain=digits_params.pretrain) for name, m in models.items()}
+    for name, o in out.items():  # the figures docs/robustness.md quotes: pytest tests/test_robustness.py -s
+        print(f"robustness {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in o.items()))
     return {"task": task, "models": models, "before": before, "out": out, "cfg": cfg,
             "pretrain": digits_params.pretrain, "eval": {name: evaluate_model(m, task) for name, m in models.items()}}
 
@@ -78,7 +80,7 @@ def test_the_head_only_suppression_hides_the_backdoor(high):
 
 def test_clean_relearning_brings_back_a_head_only_suppression_but_not_retrain(high):
     head, retrain = high["out"]["head"], high["out"]["retrain"]
-    # seed 0: head 0.94 -> 0.45 (drop 0.48), Retrain 0.92 -> 0.95 (drop -0.03)
+    # seed 0: head 0.91 -> 0.45 (drop 0.45), Retrain 0.92 -> 0.92 (drop 0)
     assert head["relearn_drop"] > 0.25 and head["relearn_healed"] < 0.7, head
     assert retrain["relearn_drop"] < 0.1 and retrain["relearn_healed"] > 0.85, retrain
     assert retrain["relearn_healed"] - head["relearn_healed"] > 0.25
@@ -91,7 +93,7 @@ def test_fewshot_relearning_returns_sooner_for_a_hidden_backdoor(high):
     out = high["out"]
     assert out["original"]["fewshot_steps"] == 0 and out["original"]["fewshot_back"] == 1  # already back
     budget = out["head"]["relearn_steps"]
-    assert out["head"]["fewshot_back"] == 1 and out["head"]["fewshot_steps"] <= budget  # seed 0: 35 of 84
+    assert out["head"]["fewshot_back"] == 1 and out["head"]["fewshot_steps"] <= budget  # seed 0: 10 of 84
     assert out["retrain"]["fewshot_steps"] > out["head"]["fewshot_steps"]  # seed 0: never (85)
     assert out["head"]["fewshot_k"] == high["cfg"].k
 
@@ -162,3 +164,11 @@ def test_each_unlearning_run_records_the_measurements_and_the_report_shows_them(
     assert float(got[1]["weight_dist"]) == pytest.approx(retrain["weight_dist"], rel=1e-5)
     off = cells.run("none", "high", 1.0)[0]
     assert "measures" not in off  # the switch: off in the session's params
+
+
+def test_the_reports_columns_are_the_measurements():
+    """report.py keeps its own list (the evaluate stage imports no torch, robustness.py does): the same columns."""
+    from remflow import report
+
+    assert tuple(report.ROBUSTNESS) == R.COLUMNS
+    assert set(report.ROBUSTNESS) <= set(report.COLUMNS) and set(report.ROBUSTNESS) <= report._NUMERIC
