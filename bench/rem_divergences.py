@@ -91,7 +91,7 @@ def run(args) -> list[dict]:
             if True:
                 disc = work / f"discover-{rate}-{seed}.json"
                 if not disc.exists():
-                    stages.discover(params, manifest, rate, disc)
+                    stages.discover(params, manifest, disc, rate=rate)
                 out = work / f"run-{name.replace(' ', '_')}-{rate}-{seed}"
                 rec = stages.unlearn(params, "rem", pre / "model.safetensors", manifest, disc, out)
                 task = Task(splits, torch.device("cpu"), args.regularity, read_json(manifest, "m"),

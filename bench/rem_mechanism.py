@@ -142,7 +142,7 @@ def run(args) -> list[dict]:
                 cell = {"regularity": reg, "discovery_rate": rate, "seed": seed}
                 disc = work / f"discover-{reg}-{rate}-{seed}.json"
                 if not disc.exists():
-                    stages.discover(params, manifest, rate, disc)
+                    stages.discover(params, manifest, disc, rate=rate)
 
                 def task_of():
                     return Task(splits, torch.device("cpu"), reg, read_json(manifest, "m"),

@@ -111,15 +111,17 @@ def _params(path: Path, light: bool = False):
 @app.command()
 @guarded
 def corrupt(
-    regularity: Annotated[str, typer.Option(help="high (backdoor) | medium (interclass) | low (random labels)")],
+    corruption: Annotated[str, typer.Option("--corruption", "--regularity",
+                          help="high (backdoor) | medium (interclass) | low (random labels) | a name under "
+                               "detection.specs")],
     seed: Annotated[int, typer.Option(min=0, help="cell seed")],
     out: Annotated[Path, typer.Option(help="manifest to write (JSON)")],
     params: ParamsOpt = Path("params.yaml"),
 ):
-    """Write the corruption manifest of one (regularity, seed): D_c's indices, new labels, trigger."""
+    """Write the corruption manifest of one (corruption, seed): D_c's indices, new labels, trigger."""
     from remflow import stages
 
-    stages.corrupt(_params(params), regularity, seed, out)
+    stages.corrupt(_params(params), corruption, seed, out)
 
 
 @app.command()
@@ -140,14 +142,20 @@ def pretrain(
 @guarded
 def discover(
     manifest: Annotated[Path, typer.Option(help="corruption manifest")],
-    rate: Annotated[float, typer.Option(help="discovery rate |D_f| / |D_c| in (0, 1]")],
     out: Annotated[Path, typer.Option(help="discovered set to write (JSON)")],
+    rate: Annotated[float | None, typer.Option(help="the oracle: discovery rate |D_f| / |D_c| in (0, 1]")] = None,
+    budget: Annotated[float | None, typer.Option(help="a detector: samples to flag, as a multiple of |D_c|, in "
+                                                 "(0, 4]")] = None,
+    model: Annotated[Path | None, typer.Option(help="with --budget: the pretrained model the detector reads")] = None,
+    hits_out: Annotated[Path | None, typer.Option(help="with --budget: also write the flagged set's true "
+                                                  "positives here")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
-    """Draw the discovered set D_f: a seeded subset of D_c (nested across rates)."""
+    """Write the discovered set D_f: a seeded subset of D_c at --rate (nested across rates), or the samples the
+    cell's detector (loss, cross_val or spectral; detection.specs) flags on the pretrained model at --budget."""
     from remflow import stages
 
-    stages.discover(_params(params), manifest, rate, out)
+    stages.discover(_params(params), manifest, out, rate=rate, model_path=model, budget=budget, hits_out=hits_out)
 
 
 @app.command()
@@ -170,7 +178,8 @@ def unlearn(
     run: Annotated[str, typer.Option("--run", "--method", help="the run: an entry of `methods:` in params")],
     model: Annotated[Path, typer.Option(help="original model checkpoint")],
     manifest: Annotated[Path, typer.Option(help="corruption manifest")],
-    discovered: Annotated[Path, typer.Option(help="discovered set D_f")],
+    discovered: Annotated[Path, typer.Option(help="discovered set D_f: the discover stage's file (the "
+                                             "oracle's or a detector's)")],
     out: Annotated[Path, typer.Option(help="run folder for model.safetensors and record.json")],
     params: ParamsOpt = Path("params.yaml"),
 ):
@@ -178,52 +187,6 @@ def unlearn(
     from remflow import stages
 
     stages.unlearn(_params(params), run, model, manifest, discovered, out)
-
-
-@app.command("corrupt-x")
-@guarded
-def corrupt_x(
-    corruption: Annotated[str, typer.Option(help="a corruption cell: a name under detection.specs")],
-    seed: Annotated[int, typer.Option(min=0, help="cell seed")],
-    out: Annotated[Path, typer.Option(help="manifest to write (JSON)")],
-    params: ParamsOpt = Path("params.yaml"),
-):
-    """Detection study: write the manifest of one named corruption cell (detection.specs)."""
-    from remflow.detection import stages as detection
-
-    detection.corrupt(_params(params), corruption, seed, out)
-
-
-@app.command()
-@guarded
-def detect(
-    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
-    model: Annotated[Path, typer.Option(help="the pretrained (corrupted) model the detector reads")],
-    budget: Annotated[float, typer.Option(help="samples to flag, as a multiple of |D_c|, in (0, 4]")],
-    out: Annotated[Path, typer.Option(help="flagged set to write (JSON)")],
-    params: ParamsOpt = Path("params.yaml"),
-):
-    """Detection study: flag D_f with the cell's detector (loss, cross_val or spectral) on the pretrained model."""
-    from remflow.detection import stages as detection
-
-    detection.detect(_params(params), manifest, model, budget, out)
-
-
-@app.command("unlearn-x")
-@guarded
-def unlearn_x(
-    run: Annotated[str, typer.Option("--run", "--method", help="the run: an entry of `methods:` in params")],
-    model: Annotated[Path, typer.Option(help="original model checkpoint")],
-    manifest: Annotated[Path, typer.Option(help="corruption manifest")],
-    found: Annotated[Path, typer.Option(help="flagged set (a detect stage's output)")],
-    view: Annotated[str, typer.Option(help="found: D_f as flagged; hits: its true positives only")],
-    out: Annotated[Path, typer.Option(help="run folder for model.safetensors and record.json")],
-    params: ParamsOpt = Path("params.yaml"),
-):
-    """Detection study: run one unlearning method on a flagged D_f (false positives included, or not)."""
-    from remflow.detection import stages as detection
-
-    detection.unlearn(_params(params), run, model, manifest, found, view, out)
 
 
 class Format(str, Enum):

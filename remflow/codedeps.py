@@ -43,9 +43,6 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "discover": ("remflow.stages:discover",),
     "probe": ("remflow.stages:probe",),
     "unlearn": ("remflow.stages:unlearn",),
-    "corrupt-x": ("remflow.detection.stages:corrupt",),
-    "detect": ("remflow.detection.stages:detect",),
-    "unlearn-x": ("remflow.detection.stages:unlearn",),
     "evaluate": ("remflow.evaluate:evaluate", "remflow.report:write_reports", "remflow.report:render",
                  "remflow.report:pick_reference", "remflow.report:runs_in_order"),
 }

@@ -17,20 +17,19 @@ from remflow.params import read_yaml
 # the runtime keys that change a stage's results (runtime.cpus/gpus/workers only schedule `remflow run`)
 RUNTIME_RESULT_KEYS = ("runtime.device", "runtime.threads", "runtime.compile", "runtime.eval_batch_size")
 
-# what each command reads from params.yaml (besides validating all of it)
+# what each command reads from params.yaml (besides validating all of it); a command whose reads depend on its
+# source is listed once per source, named by the flag that picks it (`discover --budget`: a detector)
 STAGE_READS: dict[str, set[str]] = {
     "check": set(),  # reads all of params.yaml: it depends on the file itself
-    "corrupt": {"data", "corruption"},
+    "corrupt": {"data", "corruption"},  # a named regularity of the grid
+    "corrupt --corruption": {"data", "corruption", "detection.specs.<corruption>"},  # a detection.specs cell
     "pretrain": {"data", "model", "pretrain", *RUNTIME_RESULT_KEYS},
-    "discover": set(),
+    "discover": set(),  # the oracle: a subset of D_c at a rate
+    "discover --budget": {"data", *RUNTIME_RESULT_KEYS, "detection.specs.<corruption>", "detection.detectors",
+                          "detection.seed"},  # a detector on the pretrained model
     "unlearn": {"data", "model", "pretrain", "unlearn", "robustness", *RUNTIME_RESULT_KEYS, "methods.<run>"},
     "probe": {"data", "detection.seed"},
     "evaluate": {"grid", "evaluate", "detection"},  # gathers run records: no data, no model
-    # the detection study (remflow/detection/)
-    "corrupt-x": {"data", "corruption", "detection.specs.<corruption>"},
-    "detect": {"data", *RUNTIME_RESULT_KEYS, "detection.specs.<corruption>", "detection.detectors",
-               "detection.seed"},
-    "unlearn-x": {"data", "model", "pretrain", "unlearn", "robustness", *RUNTIME_RESULT_KEYS, "methods.<run>"},
 }
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
 _SPEC_KEY = re.compile(r"^detection\.specs\.\$\{item\.\w+\}$")
@@ -74,6 +73,8 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
         command = m.group(1)
         if command not in STAGE_READS:
             raise RemflowError(f"stage '{name}' runs an unknown command `remflow {command}`", key=str(dvc_path))
+        command = next((f"{command} {flag}" for flag in ("--corruption", "--budget")
+                        if f"{command} {flag}" in STAGE_READS and re.search(rf"(^|\s){flag}\b", cmd)), command)
         declared = _declared(body.get("params"), name, dvc_path)
         expected = STAGE_READS[command]
         missing, extra = sorted(expected - declared), sorted(declared - expected)

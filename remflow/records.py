@@ -12,16 +12,23 @@ from typing import Any
 
 from remflow.errors import RemflowError
 
-# a detection-study row's run label: `<run>_det` on D_f as the detector flagged it, `<run>_hits` on its true
-# positives alone (remflow/detection/)
-VIEW_SUFFIX = {"found": "_det", "hits": "_hits"}
-
 # what a record must carry for its row (written by the unlearn stage since records score themselves)
 ROW_KEYS = ("label", "corruption", "discovery", "discovery_precision", "discovery_recall")
 
 
-def run_label(run: str, pretrained: str) -> str:
-    return run if pretrained == "standard" else f"{run}_etd"
+def run_label(run: str, pretrained: str, view: str = "") -> str:
+    """A row's label in results.csv and the tables: the run, `<run>_etd` on the ETD-pretrained model, and
+    `<run>@found` / `<run>@hits` on a detector's D_f (flagged, or its true positives alone). The label is for
+    reading: the report selects rows by their `pretrained`, `discovery` and `view` columns and pairs them by
+    `base_run`."""
+    label = run if pretrained == "standard" else f"{run}_etd"
+    return f"{label}@{view}" if view else label
+
+
+def base_run(row: dict[str, Any]) -> str:
+    """The label of the same run on the oracle's D_f (a detection row's label without its view)."""
+    view = row.get("view") or ""
+    return row["run"][: -len(view) - 1] if view and row["run"].endswith("@" + view) else row["run"]
 
 
 def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict:
@@ -48,6 +55,7 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float) -> dict[s
         "params_peak": rec["params_peak"],
         "corruption": row["corruption"],
         "discovery": row["discovery"],
+        "view": row.get("view", ""),
         "discovery_precision": row["discovery_precision"],
         "discovery_recall": row["discovery_recall"],
     }

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
+from remflow.records import base_run
 
 # the robustness measurements of each run (remflow/robustness.py; empty where a suite turns them off)
 ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_steps", "fewshot_steps", "fewshot_back",
@@ -34,7 +35,7 @@ ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_step
               "robustness_seconds"]
 COLUMNS = ["run", "method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",
-           "params_peak", "corruption", "discovery", "discovery_precision", "discovery_recall", "regularity_score",
+           "params_peak", "corruption", "discovery", "view", "discovery_precision", "discovery_recall", "regularity_score",
            *ROBUSTNESS, "details"]
 HEADLINE = ("healed", "utility", "score")
 TITLES = {"healed": "Healed", "utility": "Utility", "score": "Utility×Healed", "healed_test": "Healed (test)",
@@ -199,7 +200,7 @@ def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str,
                 float(r[metric]) for r in rows if r["run"] == run}
 
     def detected(run: str) -> bool:  # a detection-study run (D_f from a detector), not the oracle grid's
-        return any(r.get("discovery") not in (None, "", "oracle") for r in rows if r["run"] == run)
+        return any(r.get("view") for r in rows if r["run"] == run)
 
     ref = cells(reference)
     out: dict[str, dict[str, Paired]] = {}
@@ -318,7 +319,7 @@ def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> 
 def detection_tables(rows: list[dict]) -> list[Table]:
     """Measured regularity, and the detection study's tables where a detector flagged D_f (none otherwise)."""
     out = [regularity_table(rows)] if corruptions_by_regularity(rows) else []
-    if any(r.get("discovery") not in (None, "oracle") for r in rows):
+    if any(r.get("view") for r in rows):
         out += [discovery_table(rows), false_positive_table(rows)]
     return out
 
@@ -411,8 +412,22 @@ def read_csv(path: str | Path) -> list[dict]:
                 row.update(corruption=CORRUPTION_OF.get(row["regularity"], row["regularity"]), discovery="oracle",
                            discovery_precision=1.0, discovery_recall=row["discovery_rate"],
                            regularity_score=float("nan"))
+            if "view" not in row:  # written before the view column: `<run>_det` / `<run>_hits`, `<detector>:hits`
+                _old_view(row)
+            row["view"] = row.get("view") or ""
             rows.append(row)
     return rows
+
+
+def _old_view(row: dict) -> None:
+    if row["discovery"] in ("oracle", ""):
+        row["view"] = ""
+        return
+    row["view"] = "hits" if row["discovery"].endswith(":hits") else "found"
+    row["discovery"] = row["discovery"].removesuffix(":hits")
+    for suffix, view in (("_det", "found"), ("_hits", "hits")):
+        if row["run"].endswith(suffix) and view == row["view"]:
+            row["run"] = row["run"][: -len(suffix)] + "@" + view
 
 
 def read_results(paths: list[Path]) -> list[dict]:
@@ -567,7 +582,7 @@ def regularity_table(rows: list[dict]) -> Table:
 
 def discovery_table(rows: list[dict]) -> Table:
     """Per detected corruption and budget: the detector's precision / recall of D_f against D_c (%)."""
-    found = [r for r in rows if r.get("discovery") not in (None, "oracle") and not r["discovery"].endswith(":hits")]
+    found = [r for r in rows if r.get("view") == "found"]
     order = [c for c, _ in corruptions_by_regularity(found)] or sorted({r["corruption"] for r in found})
     budgets = rates_of(found)
     body = []
@@ -588,15 +603,13 @@ def false_positive_table(rows: list[dict]) -> Table:
     """Per run: Utility x Healed on D_f as flagged and on its true positives alone, and the paired difference
     (what the false positives cost) with its 95% bootstrap interval."""
     body, bold = [], set()
-    for run in runs_in_order(rows):
-        if not run.endswith("_det"):
-            continue
-        base = run[: -len("_det")]
 
-        def cells(label):
-            return {(r["corruption"], float(r["discovery_rate"]), int(r["seed"])): r for r in rows if r["run"] == label}
+    def cells(base: str, view: str) -> dict[tuple, dict]:
+        return {(r["corruption"], float(r["discovery_rate"]), int(r["seed"])): r for r in rows
+                if r.get("view") == view and base_run(r) == base}
 
-        det, hits = cells(run), cells(base + "_hits")
+    for base in dict.fromkeys(base_run(r) for r in rows if r.get("view") == "found"):
+        det, hits = cells(base, "found"), cells(base, "hits")
         keys = sorted(k for k in det if k in hits)
         if not keys:
             continue
@@ -630,10 +643,11 @@ def regularity_png(rows: list[dict]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=HEATMAP_DPI)
     # one colour a method, one line style a discovery: oracle subset solid, flagged dashed, hits only dotted
     runs = runs_in_order(rows)
-    base = {run: run.removesuffix("_det").removesuffix("_hits") for run in runs}
+    first = {run: next(r for r in rows if r["run"] == run) for run in runs}
+    base = {run: base_run(first[run]) for run in runs}
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(dict.fromkeys(base.values()))}
     for run in runs:
-        style = ":" if run.endswith("_hits") else "--" if run.endswith("_det") else "-"
+        style = {"hits": ":", "found": "--"}.get(first[run].get("view") or "", "-")
         pts = []
         for c, g in order:
             v = [float(r["score"]) for r in rows if r["run"] == run and r["corruption"] == c]

@@ -16,7 +16,8 @@ import torch
 
 from remflow import __version__
 from remflow.cost import measure
-from remflow.data.corruption import check_discovery, load_manifest, make_discovery, make_manifest
+from remflow.data.corruption import (check_discovery, discovery_source, load_manifest, make_discovery,
+                                     make_manifest)
 from remflow.data.datasets import describe, load_splits
 from remflow.data.task import Task, make_task
 from remflow.errors import RemflowError
@@ -36,27 +37,93 @@ VARIANTS = ("standard", "etd")
 # ---------------------------------------------------------------- corrupt
 
 
-def corrupt(params: ParamsBase, regularity: str, seed: int, out: str | Path) -> dict:
-    if regularity not in REGULARITIES:
-        raise RemflowError("unknown regularity", key="--regularity", got=regularity, hint="one of high, medium, low")
+def corrupt(params: ParamsBase, corruption: str, seed: int, out: str | Path) -> dict:
+    """The manifest of one corruption cell: a named regularity of the grid (high: backdoor, medium: interclass,
+    low: random labels) or a corruption defined under detection.specs (remflow/detection/corruptions.py)."""
+    specs = params.detection.specs if hasattr(params, "detection") else {}
+    if corruption not in REGULARITIES and corruption not in specs:
+        raise RemflowError("unknown corruption: a regularity or a name under detection.specs", key="--regularity",
+                           got=corruption,
+                           hint="high, medium, low" + "".join(f", {n}" for n in specs) + " (detection.specs)")
     splits = load_splits(params.data)
-    manifest = make_manifest(regularity, seed, params.corruption, splits)
+    if corruption in REGULARITIES:
+        manifest = make_manifest(corruption, seed, params.corruption, splits)
+    else:
+        from remflow.detection.corruptions import make_corruption
+
+        manifest = make_corruption(corruption, specs[corruption], seed, params.corruption, splits)
     write_json(out, manifest)
-    log(f"corrupt {regularity} seed {seed}: |D_c| = {len(manifest['indices'])} of {describe(splits)}")
+    kind = f" ({manifest['kind']})" if "kind" in manifest else ""
+    log(f"corrupt {corruption}{kind} seed {seed}: |D_c| = {len(manifest['indices'])} of {describe(splits)}")
     return manifest
 
 
 # ---------------------------------------------------------------- discover
 
 
-def discover(params: ParamsBase, manifest_path: str | Path, rate: float, out: str | Path) -> dict:
-    m = read_json(manifest_path, "corruption manifest")
-    if not isinstance(m, dict) or not isinstance(m.get("indices"), list) or "seed" not in m:
-        raise RemflowError("corrupted manifest: no indices", key=str(manifest_path),
-                           hint="rerun its corrupt stage (dvc repro)")
-    d = make_discovery(m, rate, int(m["seed"]))
+def discover(params: ParamsBase, manifest_path: str | Path, out: str | Path, *, rate: float | None = None,
+             model_path: str | Path | None = None, budget: float | None = None,
+             hits_out: str | Path | None = None) -> dict:
+    """Write the discovered set D_f of a cell, from one of two sources: the oracle (`rate`: a seeded subset of
+    D_c, nested across rates) or a detector run on the pretrained model at `model_path` (`budget`: it flags
+    budget x |D_c| samples, false positives included; `hits_out` also gets the flagged set's true positives, what
+    an oracle with the detector's recall would know). The unlearn stage reads either file."""
+    if (rate is None) == (budget is None):
+        raise RemflowError("give either a discovery rate (the oracle) or a budget and a model (a detector)",
+                           key="--rate/--budget", got=f"rate {rate}, budget {budget}")
+    if rate is not None:
+        if model_path is not None or hits_out is not None:
+            raise RemflowError("--model and --hits-out belong to a detector's discovery (--budget)", key="--rate",
+                               got=rate)
+        m = read_json(manifest_path, "corruption manifest")
+        if not isinstance(m, dict) or not isinstance(m.get("indices"), list) or "seed" not in m:
+            raise RemflowError("corrupted manifest: no indices", key=str(manifest_path),
+                               hint="rerun its corrupt stage (dvc repro)")
+        d = make_discovery(m, rate, int(m["seed"]))
+        write_json(out, d)
+        log(f"discover {m['regularity']} rate {rate} seed {m['seed']}: |D_f| = {len(d['indices'])}")
+        return d
+    if model_path is None:
+        raise RemflowError("a detector's discovery reads the pretrained model", key="--model",
+                           hint="pass --model artifacts/pretrain/<cell>/model.safetensors")
+    return _detect(params, manifest_path, model_path, float(budget), out, hits_out)
+
+
+def _detect(params, manifest_path, model_path, budget: float, out, hits_out) -> dict:
+    from remflow.data.corruption import FLAGGED_FORMAT
+    from remflow.detection.detectors import flag, precision_recall, scores_of
+
+    if not (0.0 < budget <= 4.0):
+        raise RemflowError("a budget must lie in (0, 4] (a multiple of |D_c|)", key="--budget", got=budget)
+    device = setup_runtime(params.runtime)
+    splits = load_splits(params.data)
+    manifest = load_manifest(manifest_path, splits)
+    name = manifest.get("corruption", manifest["regularity"])
+    detection = params.detection
+    detector = detection.detector_of(name) if name in detection.specs else "cross_val"
+    model, meta = load_model(model_path, device)
+    if meta.get("fingerprint") != splits.fingerprint:
+        raise RemflowError("checkpoint was trained on other data", key=str(model_path), hint="rerun its pretrain stage")
+    if model.widened:
+        model.deploy_()
+    task = make_task(params.data, splits, device, manifest)
+    with measure(device) as cost:
+        scores = scores_of(detector, model, task, folds=detection.detectors.folds, seed=detection.seed,
+                           max_iter=detection.detectors.max_iter, batch_size=params.runtime.eval_batch_size)
+    k = min(task.num_train, max(1, int(round(budget * len(manifest["indices"])))))
+    found = sorted(int(i) for i in flag(scores, k))
+    hits = sorted(set(found) & set(manifest["indices"]))
+    precision, recall = precision_recall(found, manifest["indices"])
+    # no timing in the file: a forced re-run writes the same bytes (the time goes to the log)
+    head = {"format": FLAGGED_FORMAT, "corruption": name, "regularity": manifest["regularity"],
+            "seed": manifest["seed"], "fingerprint": manifest["fingerprint"], "detector": detector, "budget": budget}
+    d = {**head, "view": "found", "precision": round(precision, 6), "recall": round(recall, 6), "indices": found}
     write_json(out, d)
-    log(f"discover {m['regularity']} rate {rate} seed {m['seed']}: |D_f| = {len(d['indices'])}")
+    if hits_out is not None:
+        write_json(hits_out, {**head, "view": "hits", "precision": 1.0 if hits else None,
+                              "recall": round(recall, 6), "indices": hits})
+    log(f"discover {name} seed {manifest['seed']} with {detector}, budget {budget:g}: flagged {k}, "
+        f"precision {precision:.3f}, recall {recall:.3f}, {cost.seconds:.1f}s")
     return d
 
 
@@ -135,11 +202,13 @@ class Prepared:
 
 def prepare_unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path: str | Path,
                     discovery_path: str | Path) -> Prepared:
-    """An oracle cell: D_f is the discover stage's subset of D_c."""
+    """A cell: D_f is the discover stage's file, a subset of D_c (the oracle) or a detector's flagged set."""
     splits = load_splits(params.data)
     manifest = load_manifest(manifest_path, splits)
-    discovery = check_discovery(read_json(discovery_path, "discovery file"), manifest, str(discovery_path))
-    return prepare(params, run, model_path, splits, manifest, discovery["indices"], discovery)
+    discovery = check_discovery(read_json(discovery_path, "discovery file"), manifest, str(discovery_path),
+                                len(splits.train_y))
+    flagged = discovery_source(discovery)[0] != "oracle"
+    return prepare(params, run, model_path, splits, manifest, discovery["indices"], discovery, standard_only=flagged)
 
 
 def prepare(params: ParamsBase, run: str, model_path: str | Path, splits, manifest: dict, forget: list[int],
@@ -177,13 +246,24 @@ def unlearn(params: ParamsBase, run: str, model_path: str | Path, manifest_path:
             discovery_path: str | Path, out_dir: str | Path) -> dict:
     prep = prepare_unlearn(params, run, model_path, manifest_path, discovery_path)
     task = prep.ctx.task
-    log(f"unlearn {run} ({prep.variant}) {task.regularity} rate {prep.discovery['rate']} seed {prep.ctx.seed}: "
-        f"|D_f| = {len(task.forget)}")
+    source, view, rate = discovery_source(prep.discovery)
     identity = {"run": run, "method": prep.cfg.method, "pretrained": prep.variant, "regularity": task.regularity,
-                "discovery_rate": float(prep.discovery["rate"]), "seed": prep.ctx.seed}
-    row = {"label": run_label(run, prep.variant),
+                "discovery_rate": rate, "seed": prep.ctx.seed}
+    row = {"label": run_label(run, prep.variant, view),
            "corruption": prep.manifest.get("corruption", CORRUPTION_OF[task.regularity]),
-           **discovery_columns(task.discovered, prep.manifest, "oracle")}
+           **discovery_columns(task.discovered, prep.manifest, source)}
+    if source == "oracle":
+        log(f"unlearn {run} ({prep.variant}) {task.regularity} rate {rate} seed {prep.ctx.seed}: "
+            f"|D_f| = {len(task.forget)}")
+    else:  # a detector's D_f: the detection study's identity (remflow/detection/, docs/detection.md)
+        from remflow.detection.corruptions import family
+
+        log(f"unlearn {run} on {source} {view} {prep.manifest.get('corruption')} budget {rate:g} "
+            f"seed {prep.ctx.seed}: |D_f| = {len(task.forget)}")
+        identity = {"study": "detection", "run": run, "method": prep.cfg.method, "pretrained": "standard",
+                    "corruption": prep.manifest.get("corruption"), "regularity": family(prep.manifest),
+                    "detector": source, "view": view, "discovery_rate": rate, "seed": prep.ctx.seed}
+        row["view"] = view
     return execute(prep, identity, row, model_path, manifest_path, discovery_path, out_dir)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_params
 from remflow import stages
-from remflow.detection.loader import validate
+from remflow.params import validate
 from remflow.models import load_model
 from remflow.params import ParamsError
 

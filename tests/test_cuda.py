@@ -29,7 +29,7 @@ def test_pretrain_and_unlearn_on_cuda_without_syncs_in_the_inner_loop(tmp_path, 
     stages.corrupt(cuda_params, "high", 0, manifest)
     stages.pretrain(cuda_params, manifest, tmp_path / "p")
     stages.pretrain(cuda_params, manifest, tmp_path / "e", variant="etd")
-    stages.discover(cuda_params, manifest, 0.5, tmp_path / "d.json")
+    stages.discover(cuda_params, manifest, tmp_path / "d.json", rate=0.5)
     for method, model in (("rem", "p"), ("retrain", "p"), ("rem", "e")):
         rec = stages.unlearn(cuda_params, method, tmp_path / model / "model.safetensors", manifest,
                              tmp_path / "d.json", tmp_path / f"run-{method}-{model}")

@@ -234,7 +234,7 @@ def test_each_detector_finds_its_planted_corruption(detector, regularity, digits
 
 
 def test_a_method_with_false_positives_in_d_f_runs_and_is_scored(tmp_path, digits_params, splits, cells):
-    from remflow.detection import stages as detection
+    from remflow import stages
     from remflow.records import discovery_columns
     from remflow.io import read_json
     from remflow.metrics import evaluate_model
@@ -243,13 +243,16 @@ def test_a_method_with_false_positives_in_d_f_runs_and_is_scored(tmp_path, digit
     manifest_path, model_path = cells.pretrained("high")
     manifest = read_json(manifest_path, "manifest")
     params = make_params({"detection": {"specs": {"backdoor": {"kind": "backdoor"}}}})
-    found = detection.detect(params, manifest_path, model_path, 2.0, tmp_path / "found.json")
+    found = stages.discover(params, manifest_path, tmp_path / "found.json", model_path=model_path, budget=2.0,
+                            hits_out=tmp_path / "hits.json")
     assert len(found["indices"]) == 2 * len(manifest["indices"]) and found["precision"] <= 0.5  # half are clean
+    hits = read_json(tmp_path / "hits.json", "hits")
+    assert hits["view"] == "hits" and hits["indices"] == sorted(set(found["indices"]) & set(manifest["indices"]))
     scores = {}
     for run in ("none", "rem"):
-        rec = detection.unlearn(params, run, model_path, manifest_path, tmp_path / "found.json", "found",
-                                tmp_path / run)
+        rec = stages.unlearn(params, run, model_path, manifest_path, tmp_path / "found.json", tmp_path / run)
         assert rec["forgotten"] == len(found["indices"])
+        assert rec["study"] == "detection" and rec["view"] == "found" and rec["row"]["label"] == f"{run}@found"
         net, _ = load_model(tmp_path / run / "model.safetensors")
         scores[run] = evaluate_model(net, task_of(params, splits, manifest, found["indices"]))
         assert rec["scores"] == scores[run]  # the run scored itself as its checkpoint scores
@@ -260,12 +263,41 @@ def test_a_method_with_false_positives_in_d_f_runs_and_is_scored(tmp_path, digit
     assert scores["rem"]["utility"] > 0.8, scores
 
 
-def test_hits_keep_only_the_true_positives():
-    from remflow.detection.stages import view_indices
+def test_one_reader_takes_the_oracles_and_a_detectors_discovered_sets():
+    from remflow.data.corruption import FLAGGED_FORMAT, check_discovery, discovery_source
+    from remflow.errors import RemflowError
 
-    manifest = {"indices": [1, 3, 5]}
-    assert view_indices([5, 1, 2, 9], manifest, "found") == [1, 2, 5, 9]
-    assert view_indices([5, 1, 2, 9], manifest, "hits") == [1, 5]
+    manifest = {"indices": [1, 3, 5], "regularity": "low", "seed": 0, "fingerprint": "f"}
+    head = {"format": FLAGGED_FORMAT, "regularity": "low", "seed": 0, "fingerprint": "f", "detector": "loss",
+            "budget": 2.0}
+    found = check_discovery({**head, "view": "found", "indices": [1, 2, 5, 9]}, manifest, "x.json", 10)
+    assert discovery_source(found) == ("loss", "found", 2.0)
+    hits = check_discovery({**head, "view": "hits", "indices": []}, manifest, "x.json", 10)  # none found: allowed
+    assert discovery_source(hits) == ("loss", "hits", 2.0)
+    with pytest.raises(RemflowError, match="true positives must lie in D_c"):
+        check_discovery({**head, "view": "hits", "indices": [2]}, manifest, "x.json", 10)
+    with pytest.raises(RemflowError, match="distinct training indices"):
+        check_discovery({**head, "view": "found", "indices": [1, 12]}, manifest, "x.json", 10)
+    with pytest.raises(RemflowError, match="another corrupted set"):
+        check_discovery({**head, "seed": 1, "view": "found", "indices": [1]}, manifest, "x.json", 10)
+    oracle = check_discovery({"format": "remflow-discovery/1", "regularity": "low", "seed": 0, "rate": 1.0,
+                              "fingerprint": "f", "indices": [1, 3, 5]}, manifest, "d.json", 10)
+    assert discovery_source(oracle) == ("oracle", "", 1.0)
+
+
+def test_results_written_before_the_view_column_are_read_with_it(tmp_path):
+    from remflow import report
+
+    rows = rows_of_a_study()
+    text = report.csv_text(rows).replace("rem@found", "rem_det").replace("rem@hits", "rem_hits")
+    lines = text.splitlines()
+    col = lines[0].split(",").index("view")
+    old = [",".join(f for i, f in enumerate(line.split(",")) if i != col) for line in lines]
+    old = [line.replace(",cross_val,1.0,", ",cross_val:hits,1.0,") for line in old]  # hits rows: precision 1.0
+    (tmp_path / "old.csv").write_text("\n".join(old) + "\n")
+    back = report.read_csv(tmp_path / "old.csv")
+    assert [(r["run"], r["view"], r["discovery"]) for r in back] == [(r["run"], r["view"], r["discovery"])
+                                                                    for r in rows]
 
 
 # ---------------------------------------------------------------- reports
@@ -274,14 +306,14 @@ def test_hits_keep_only_the_true_positives():
 def rows_of_a_study() -> list[dict]:
     rows = []
     for corr, reg, g in (("random", "low", 0.01), ("swap", "medium", 0.24), ("backdoor", "high", 0.85)):
-        for run, view, score in (("rem_det", "found", 0.6), ("rem_hits", "hits", 0.7)):
+        for run, view, score in (("rem@found", "found", 0.6), ("rem@hits", "hits", 0.7)):
             for budget in (0.5, 1.0):
                 rows.append({"run": run, "method": "rem", "pretrained": "standard", "regularity": reg,
                              "discovery_rate": budget, "seed": 0, "healed": score, "utility": 1.0,
                              "score": score + 0.1 * budget, "healed_test": 0.9, "forget_acc": 0.1,
                              "unlearn_seconds": 1.0, "peak_memory_mb": 1.0, "params_deployed": 10,
                              "params_peak": 20, "corruption": corr,
-                             "discovery": "cross_val" + (":hits" if view == "hits" else ""),
+                             "discovery": "cross_val", "view": view,
                              "discovery_precision": 0.5 if view == "found" else 1.0, "discovery_recall": 0.5,
                              "regularity_score": g, "details": {}})
     return rows
@@ -352,11 +384,14 @@ def test_the_study_runs_under_dvc_repro(tmp_path):
             "unlearn_x@finetune-noise-2.0-0-found", "unlearn_x@finetune-noise-2.0-0-hits", "evaluate"} <= ran
     with open(repo.path / "reports" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    det = [r for r in rows if r["run"] == "finetune_det"]
-    assert {r["corruption"] for r in det} == {"backdoor", "noise"}
+    det = [r for r in rows if r["run"] == "finetune@found"]
+    assert {r["corruption"] for r in det} == {"backdoor", "noise"} and {r["view"] for r in det} == {"found"}
+    hits = [r for r in rows if r["run"] == "finetune@hits"]
+    assert hits and all(r["discovery_precision"] in ("1.0", "nan") for r in hits)  # no false positive left
     assert all(0 <= float(r["discovery_precision"]) <= 0.5 and r["regularity_score"] for r in det)  # budget 2
     oracle = [r for r in rows if r["run"] == "finetune"]
-    assert all(float(r["discovery_precision"]) == 1.0 and r["discovery"] == "oracle" for r in oracle)
+    assert all(float(r["discovery_precision"]) == 1.0 and r["discovery"] == "oracle" and r["view"] == ""
+               for r in oracle)
     assert "What false positives cost" in (repo.path / "reports" / "results.md").read_text()
     assert (repo.path / "reports" / "regularity.png").is_file()
     assert json.loads(repo.run("dvc", "plots", "show", "--json").stdout)

@@ -283,7 +283,7 @@ def run_cell(tmp_path: Path, over: dict, run: str) -> dict:
     p = validate(params_dict(over))
     stages.corrupt(p, "high", 0, tmp_path / "m.json")
     stages.pretrain(p, tmp_path / "m.json", tmp_path / "pre")
-    stages.discover(p, tmp_path / "m.json", 1.0, tmp_path / "d.json")
+    stages.discover(p, tmp_path / "m.json", tmp_path / "d.json", rate=1.0)
     return stages.unlearn(p, run, tmp_path / "pre" / "model.safetensors", tmp_path / "m.json", tmp_path / "d.json",
                           tmp_path / "run")
 

@@ -79,7 +79,7 @@ def test_a_phase_ended_by_its_stop_rule_still_checks_its_last_epoch():
 
 
 def test_each_method_states_its_rule_in_config():
-    from remflow.detection.loader import validate
+    from remflow.params import validate
     from remflow.params import ParamsError
 
     defaults = {name: REGISTRY[name].config() for name in ("finetune", "bad_teacher", "salun", "scrub",

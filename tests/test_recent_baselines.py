@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, make_params
-from remflow.detection.loader import validate
+from remflow.params import validate
 from remflow.params import ParamsError
 
 RECENT = ("l1_sparse", "sfr_on", "scar", "amun", "rum", "weight_distortion")

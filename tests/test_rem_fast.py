@@ -65,7 +65,7 @@ def test_rem_heals_a_backdoor_on_a_small_vit(tmp_path):
     # Measured (fixture seeds 0/1/2): Healed 0.16/0.08/0.08 -> 0.45/0.28/0.27, utility within 0.01; the margin
     # asserted is half the smallest gain. The ViT heals less than the CNN here (docs/benchmarks.md).
     from conftest import THREADS, Cells, merge, root_params
-    from remflow.detection.loader import validate
+    from remflow.params import validate
 
     raw = root_params()
     raw["model"] = {"name": "vit", "patch": 2, "dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "mlp_dim": 64}

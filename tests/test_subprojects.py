@@ -41,8 +41,8 @@ def _stage_deps(name: str) -> list[str]:
 
 
 STAGE_OF = {"corrupt": "corrupt", "pretrain": "pretrain", "probe": "probe", "discover": "discover",
-            "unlearn": "unlearn", "unlearn_etd": "unlearn", "corrupt_x": "corrupt-x", "pretrain_x": "pretrain",
-            "probe_x": "probe", "detect": "detect", "unlearn_x": "unlearn-x", "evaluate": "evaluate"}
+            "unlearn": "unlearn", "unlearn_etd": "unlearn", "corrupt_x": "corrupt", "pretrain_x": "pretrain",
+            "probe_x": "probe", "detect": "discover", "unlearn_x": "unlearn", "evaluate": "evaluate"}
 
 
 def test_no_stage_lists_code_files_each_depends_on_its_commands_fingerprint():

@@ -128,7 +128,7 @@ def test_suite_smoke_run(tmp_path, suite):
                 stages.pretrain(p, manifest, art / "pretrain" / f"{reg}-{seed}-{variant}", variant)
             for rate in g.discovery_rates:
                 found = art / "discover" / f"{reg}-{rate}-{seed}.json"
-                stages.discover(p, manifest, rate, found)
+                stages.discover(p, manifest, found, rate=rate)
                 for methods, variant, prefix in ((g.methods, "standard", ""), (g.etd_methods, "etd", "etd-")):
                     for m in methods:
                         model = art / "pretrain" / f"{reg}-{seed}-{variant}" / "model.safetensors"

@@ -31,7 +31,9 @@ from remflow.io import read_json
 from remflow.config import CORRUPTION_OF, CorruptionCfg
 
 MANIFEST_FORMAT = "remflow-manifest/1"
-DISCOVERY_FORMAT = "remflow-discovery/1"
+DISCOVERY_FORMAT = "remflow-discovery/1"   # D_f drawn from D_c at a rate (the oracle grid)
+FLAGGED_FORMAT = "remflow-detection/1"     # D_f flagged by a detector at a budget, or its true positives
+FLAGGED_VIEWS = ("found", "hits")           # found: as the detector flagged it; hits: its true positives alone
 # fixed stream ids so that each random decision has its own stream for a given seed
 _STREAM_CORRUPT, _STREAM_DISCOVER = 11, 23
 
@@ -177,7 +179,51 @@ def check_corruption(cfg: CorruptionCfg, regularities, splits: Splits) -> None:
         make_manifest(reg, 0, cfg, splits)
 
 
-def check_discovery(d: Any, manifest: dict[str, Any], path: str) -> dict[str, Any]:
+def check_discovery(d: Any, manifest: dict[str, Any], path: str, num_train: int | None = None) -> dict[str, Any]:
+    """The one reader of a discovered set D_f, whatever its source: a subset of D_c drawn at a rate (the discover
+    stage's oracle) or a detector's flagged set (false positives included) or its true positives. Refuses a
+    file made for another cell, naming it."""
+    if isinstance(d, dict) and d.get("format") == FLAGGED_FORMAT:
+        return _check_flagged(d, manifest, path, num_train)
+    return _check_drawn(d, manifest, path)
+
+
+def discovery_source(d: dict[str, Any]) -> tuple[str, str, float]:
+    """(source, view, rate or budget) of a checked discovery file: ("oracle", "", rate) or (detector, view,
+    budget)."""
+    if d.get("format") == FLAGGED_FORMAT:
+        return str(d["detector"]), str(d["view"]), float(d["budget"])
+    return "oracle", "", float(d["rate"])
+
+
+def _check_flagged(d: dict[str, Any], manifest: dict[str, Any], path: str, num_train: int | None) -> dict[str, Any]:
+    def bad(msg, got=None):
+        raise RemflowError(f"flagged set: {msg}", key=path, got=got, hint="rerun its discover stage (dvc repro)")
+
+    if not isinstance(d.get("indices"), list):
+        bad("no indices")
+    for key in ("regularity", "seed", "fingerprint"):
+        if d.get(key) != manifest.get(key):
+            bad(f"made for another corrupted set ({key} {d.get(key)!r}, the manifest's {manifest.get(key)!r})")
+    if d.get("view") not in FLAGGED_VIEWS:
+        bad("unknown view", got=d.get("view"))
+    if not isinstance(d.get("detector"), str) or not d["detector"]:
+        bad("no detector named", got=d.get("detector"))
+    budget = d.get("budget")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0.0 < budget <= 4.0):
+        bad("the budget must be a number in (0, 4]", got=budget)
+    idx = d["indices"]
+    top = num_train if num_train is not None else float("inf")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < top for i in idx) or len(set(idx)) != len(idx):
+        bad("flagged indices must be distinct training indices")
+    if d["view"] == "found" and not idx:
+        bad("a detector flags at least one sample")
+    if d["view"] == "hits" and not set(idx) <= set(manifest["indices"]):
+        bad("the true positives must lie in D_c")
+    return d
+
+
+def _check_drawn(d: Any, manifest: dict[str, Any], path: str) -> dict[str, Any]:
     """Refuse a discovery file that is not a subset of D_c drawn at its rate for this manifest (a hand-edited
     or stale file), naming the file."""
     def bad(msg, got=None):
