@@ -302,11 +302,12 @@ def check(
 ):
     """Validate params (every rule a stage would enforce, the dataset files included) and check that dvc.yaml's
     per-stage `params:` lists match what each stage reads. Exit 2 on anything a run would refuse."""
+    from remflow.params import read_yaml
     from remflow.pipeline_check import check_data, check_pipeline
 
     p = _params(params)
     notes = check_data(p)
-    n = check_pipeline(p, dvc)
+    n = check_pipeline(p, dvc, raw=read_yaml(params), params_path=params)
     if record is not None:
         from remflow.codedeps import record as record_code
 

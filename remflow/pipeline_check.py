@@ -57,7 +57,20 @@ def _declared(params_list, stage: str, dvc_path: Path) -> set[str]:
     return keys
 
 
-def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
+def _present(raw: dict, key: str) -> bool:
+    node: object = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = None,
+                   params_path: str | Path = "params.yaml") -> int:
+    """Check dvc.yaml's per-stage `params:` lists against STAGE_READS; with `raw` (the params file as written),
+    also that every key a stage tracks is written in that file: DVC runs such a stage and then refuses to record
+    it ("Parameters ... are missing"), so a section left to its defaults must still be there."""
     dvc_path = Path(dvc_path)
     spec = read_yaml(dvc_path)
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), dict):
@@ -88,6 +101,15 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path) -> int:
                 parts.append(f"declares {show(extra)}, which `remflow {command}` does not read")
             raise RemflowError(f"stage '{name}' " + "; ".join(parts), key=f"{dvc_path}: stages.{name}.params",
                                got=sorted(declared), hint=f"`remflow {command}` reads: {show(sorted(expected))}")
+        if raw is not None:
+            absent = sorted(k for k in declared if "<" not in k and not _present(raw, k))
+            if absent:
+                raise RemflowError(f"stage '{name}' tracks {', '.join(absent)}, which {Path(params_path).name} "
+                                   "does not write: DVC would run the stage and then refuse to record it",
+                                   key=f"{params_path}: {absent[0]}", got="absent (defaults apply, but DVC "
+                                   "tracks the key as written)",
+                                   hint=f"write `{absent[0]}: {{}}` in {Path(params_path).name} for its defaults"
+                                        if "." not in absent[0] else f"write {absent[0]} in {Path(params_path).name}")
         text = str(stage)
         for ref in _GRID_REF.findall(text):
             if ref not in GridCfg.model_fields:

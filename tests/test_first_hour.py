@@ -3,6 +3,7 @@ run would refuse, `--dry` writes nothing, and `remflow run` restores what DVC's 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -211,3 +212,22 @@ def test_compare_shows_params_not_dependency_hashes(monkeypatch, tmp_path):
     headers = [c.header for c in table.columns]
     assert "unlearn.epochs" in headers
     assert not [h for h in headers if "train.py" in h or "corrupt" in h or h in ("runs", "params.yaml")], headers
+
+
+def test_check_refuses_a_tracked_section_the_params_file_does_not_write(tmp_path):
+    """A section left to its defaults by omission: the schema accepts it, but DVC tracks the key as written and
+    would refuse to record every unlearn stage after running it. `remflow check` says so first (exit 2)."""
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    data.pop("robustness")
+    (tmp_path / "params.yaml").write_text(json.dumps(data))  # JSON is YAML
+    r = subprocess.run([sys.executable, "-m", "remflow", "check", "--params", str(tmp_path / "params.yaml"),
+                        "--dvc", str(ROOT / "dvc.yaml")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "robustness" in r.stderr and "robustness: {}" in r.stderr
+    data["robustness"] = {}
+    (tmp_path / "params.yaml").write_text(json.dumps(data))  # JSON is YAML
+    r = subprocess.run([sys.executable, "-m", "remflow", "check", "--params", str(tmp_path / "params.yaml"),
+                        "--dvc", str(ROOT / "dvc.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
