@@ -6,6 +6,8 @@ original model (0 = every corrupted label memorised) with the kept epoch.
 
     python bench/memorisation.py                      # random labels, seeds 0-2, 2 threads
     python bench/memorisation.py --regularity medium --seeds 0 1 --threads 1
+    python bench/memorisation.py --params pipelines/fashion-mnist-large/params.yaml --seeds 0 --threads 1 \
+        --select best_val --set data.augment.crop_padding=1
 """
 
 from __future__ import annotations
@@ -33,13 +35,26 @@ def main() -> None:
     ap.add_argument("--regularity", default="low", choices=["high", "medium", "low"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the suite's params.yaml")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides as dotted keys, YAML values (pretrain.epochs=80 data.augment.crop_padding=1)")
+    ap.add_argument("--select", nargs="+", default=["best_val", "last"], choices=["best_val", "last"])
     args = ap.parse_args()
-    raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    raw = YAML(typ="safe", pure=True).load(args.params.read_text())
+    for item in args.set:
+        key, value = item.split("=", 1)
+        node = raw
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = YAML(typ="safe", pure=True).load(value)
+    if raw.get("data", {}).get("root"):  # a suite's data path is relative to its folder
+        raw["data"]["root"] = str((args.params.parent / raw["data"]["root"]).resolve())
     raw["runtime"]["threads"] = args.threads
     work = Path(tempfile.mkdtemp(prefix="memorisation-"))
     print(f"{'seed':>4} {'select':>8} {'kept epoch':>10} {'healed of the original':>23}")
     for seed in args.seeds:
-        for select in ("best_val", "last"):
+        for select in args.select:
             raw["pretrain"]["select"] = select
             params = validate(raw)
             cell = work / f"{seed}-{select}"
