@@ -43,6 +43,13 @@ def test_two_node_cluster_runs_the_default_suite(tmp_path):
     cluster.add_node(num_cpus=1)
     try:
         cluster.wait_for_nodes()
+        # given no address, a run starts a cluster of its own: Ray's default joins the cluster this one recorded as
+        # the machine's latest, and a run on another worker of the test session (or another suite) died with it
+        alone = subprocess.run(
+            [sys.executable, "-c", "from remflow.executor.core import Options, _start_ray\n"
+             "ray, _ = _start_ray(Options())\nprint('nodes', len(ray.nodes()))\nray.shutdown()"],
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True, text=True)
+        assert "nodes 1" in alone.stdout, alone.stdout + alone.stderr[-2000:]
         par = make_dvc_repo(tmp_path / "cluster", SHRUNK)
         env = dict(par.env, RAY_ADDRESS=cluster.address, REMFLOW_RUN_STATS=str(tmp_path / "stats.json"))
         r = subprocess.run([sys.executable, "-m", "remflow", "run"], cwd=par.path, env=env, capture_output=True,
