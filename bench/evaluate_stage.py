@@ -8,6 +8,13 @@ that they write the same results.csv, byte for byte.
 
     (cd pipelines/digits-full && remflow run)
     python bench/evaluate_stage.py --suite pipelines/digits-full --before 0b80199
+
+A suite whose params the earlier commit cannot read (sections or runs added since: fashion-mnist-large) is
+measured with --replay instead: the "before" side is what that evaluate did, replayed with this checkout's code
+(every run's checkpoint loaded and scored on its cell's data, every manifest's regularity probe fitted, on a
+process pool of one process a CPU as the earlier stage had), and its scores must equal the runs' own.
+
+    python bench/evaluate_stage.py --suite pipelines/fashion-mnist-large --replay
 """
 
 from __future__ import annotations
@@ -34,16 +41,90 @@ def timed(cmd: list[str], cwd: Path, pythonpath: Path) -> float:
     return seconds
 
 
+def _score_run(suite: str, record_path: str) -> tuple[str, dict, dict]:
+    """What the earlier evaluate did for one run: rebuild its cell's data, load its checkpoint, score it."""
+    import torch
+
+    from remflow.data.corruption import check_discovery, load_manifest
+    from remflow.data.datasets import load_splits
+    from remflow.data.task import make_task
+    from remflow.io import read_json
+    from remflow.metrics import evaluate_model
+    from remflow.models import load_model
+    from remflow.params import load_params
+
+    torch.set_num_threads(1)
+    os.chdir(suite)
+    params = load_params("params.yaml")
+    record = read_json(record_path, "record")
+    splits = load_splits(params.data)
+    manifest = load_manifest(record["inputs"]["manifest"], splits)
+    discovery = check_discovery(read_json(record["inputs"]["discovery"], "discovery"), manifest,
+                                record["inputs"]["discovery"], len(splits.train_y))
+    task = make_task(params.data, splits, torch.device("cpu"), manifest, list(discovery["indices"]))
+    model, _ = load_model(Path(record_path).parent / "model.safetensors", torch.device("cpu"))
+    return record_path, evaluate_model(model, task, params.runtime.eval_batch_size), record["scores"]
+
+
+def _probe(suite: str, manifest_path: str) -> float:
+    import torch
+
+    from remflow.data.corruption import load_manifest
+    from remflow.data.datasets import load_splits
+    from remflow.data.task import make_task
+    from remflow.detection.probe import regularity_score
+    from remflow.params import load_params
+
+    os.chdir(suite)
+    params = load_params("params.yaml")
+    splits = load_splits(params.data)
+    task = make_task(params.data, splits, torch.device("cpu"), load_manifest(manifest_path, splits))
+    return regularity_score(task, seed=params.detection.seed)
+
+
+def replay(suite: Path, runs: list[Path], repeats: int) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    manifests = sorted(str(p.relative_to(suite)) for p in suite.glob("artifacts/corrupt/*.json"))
+    before, after = [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            scored = list(pool.map(_score_run, [str(suite)] * len(runs), [str(r) for r in runs]))
+            list(pool.map(_probe, [str(suite)] * len(manifests), manifests))
+        before.append(time.perf_counter() - t)
+        with tempfile.TemporaryDirectory() as tmp:
+            after.append(timed([sys.executable, "-m", "remflow", "evaluate", "--runs", "runs", "--probes",
+                                "artifacts/probe", "--metrics", str(Path(tmp) / "metrics.json"), "--reports", tmp,
+                                "--format", "csv"], suite, ROOT))
+    differ = [p for p, mine, theirs in scored
+              if any(abs(mine[k] - theirs[k]) > 1e-12 for k in theirs if isinstance(theirs[k], float)
+                     and k in mine and mine[k] == mine[k])]
+    mb, ma = statistics.median(before), statistics.median(after)
+    print(f"suite {suite.name}: {len(runs)} runs, {len(manifests)} manifests, {os.cpu_count()} CPUs")
+    print(f"  before (replayed: every checkpoint scored, every probe fitted, {os.cpu_count()} processes)  "
+          f"median {mb:7.2f}s  ({', '.join(f'{t:.2f}' for t in before)})")
+    print(f"  after  (remflow evaluate: gathers the runs' own scores)  "
+          f"median {ma:7.2f}s  ({', '.join(f'{t:.2f}' for t in after)})")
+    print(f"  ratio before/after {mb / ma:.1f}x; replayed scores equal the runs' own: {not differ}")
+    if differ:
+        sys.exit(f"scores differ for {len(differ)} runs, first {differ[0]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", type=Path, default=ROOT, help="a suite folder whose runs are present")
-    ap.add_argument("--before", required=True, help="commit of the evaluate that scored checkpoints")
+    side = ap.add_mutually_exclusive_group(required=True)
+    side.add_argument("--before", help="commit of the evaluate that scored checkpoints")
+    side.add_argument("--replay", action="store_true", help="replay that evaluate's work with this checkout")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     suite = a.suite.resolve()
     runs = sorted(suite.glob("runs/*/record.json"))
     if not runs:
         sys.exit(f"no runs under {suite}/runs: run the suite first (remflow run)")
+    if a.replay:
+        return replay(suite, runs, a.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old = tmp / "before"
