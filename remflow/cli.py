@@ -320,8 +320,9 @@ def check(
 @app.command()
 @guarded
 def run(
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: RAY_ADDRESS, else a "
-                                                     "Ray of this run's own, never another run's)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join, `auto` for the one `ray start` "
+                                                     "started here (default: RAY_ADDRESS, else a Ray of this "
+                                                     "run's own)")] = None,
     cpus: Annotated[float | None, typer.Option(min=0.01, help="CPUs per run (default: runtime.cpus)")] = None,
     gpus: Annotated[float | None, typer.Option(min=0, help="GPUs per run, fractions share a card "
                                                            "(default: runtime.gpus)")] = None,

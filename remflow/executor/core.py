@@ -140,9 +140,10 @@ def _start_ray(opts: Options):
     _quiet_raylet_messages()
     # Ray starts its workers at niceness 15: on a machine shared with anything else the stages then wait
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # no address: a cluster of this run's own. Ray's default (address None) joins the last cluster `ray start` or a
-    # Cluster() left on this machine, so a second `remflow run` (another suite, another test) ran its stages on the
-    # first run's workers, with the first run's code, and died with that cluster ("Failed to connect to GCS")
+    # no address: a cluster of this run's own. Ray's default (address None) joins the cluster that `ray start` or
+    # a ray.cluster_utils.Cluster last recorded on this machine, so a run beside such a cluster (the cluster test
+    # on another pytest worker) ran its stages on that cluster's workers and died with it ("Failed to connect to
+    # GCS"). To join a cluster started with `ray start`, pass its address or `--address auto`
     ray.init(address=address or "local", **kwargs)
     return ray, True
 
