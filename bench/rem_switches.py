@@ -36,7 +36,7 @@ def main() -> None:
     rows = R.read_results([Path(p) for p in a.csv])  # refuses a cell two files both hold
     rem, ret = cells(rows, "rem", a.metric), cells(rows, "retrain", a.metric)
     regs = R.regularities_of(rows)
-    keys = sorted(k for k in rem if k in ret)
+    keys = sorted(rem)
 
     def interval(run: dict, base: dict, ks: list) -> str:
         ks = [k for k in ks if k in run and k in base]
@@ -45,14 +45,16 @@ def main() -> None:
         return f"{R.paired_text(R.bootstrap_mean_diff([run[k] for k in ks], [base[k] for k in ks]))} ({len(ks)})"
 
     if not ret:
-        keys = sorted(rem)
         if a.loses_in is None:
             raise SystemExit("no retrain rows in these files: give the regions where REM loses with --loses-in")
     else:
         print(f"REM - Retrain, {a.metric} (points, 95% paired interval, pairs):")
     losing = []
     for g in ["all"] + regs if ret else []:
-        ks = [k for k in keys if g == "all" or k[0] == g]
+        ks = [k for k in keys if (g == "all" or k[0] == g) and k in ret]
+        if not ks:
+            print(f"  {g:8s} —")
+            continue
         p = R.bootstrap_mean_diff([rem[k] for k in ks], [ret[k] for k in ks])
         if g != "all" and p.high < 0:
             losing.append(g)
