@@ -20,6 +20,7 @@ process pool of one process a CPU as the earlier stage had), and its scores must
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -102,8 +103,6 @@ def replay(suite: Path, runs: list[Path], repeats: int) -> None:
 
     differ = [p for p, mine, theirs in scored if set(mine) != set(theirs)
               or not all(same(mine[k], theirs[k]) for k in theirs)]
-    import json
-
     stage_probes = [json.loads((suite / "artifacts" / "probe" / Path(m).name).read_text())["regularity_score"]
                     for m in manifests]
     differ += [m for m, mine, theirs in zip(manifests, probes, stage_probes) if round(float(mine), 6) != theirs]
@@ -115,7 +114,7 @@ def replay(suite: Path, runs: list[Path], repeats: int) -> None:
           f"median {ma:7.2f}s  ({', '.join(f'{t:.2f}' for t in after)})")
     print(f"  ratio before/after {mb / ma:.1f}x; replayed scores and probes equal the stages' own: {not differ}")
     if differ:
-        sys.exit(f"scores differ for {len(differ)} runs, first {differ[0]}")
+        sys.exit(f"{len(differ)} runs or manifests score otherwise than their stage, first {differ[0]}")
 
 
 def main() -> None:

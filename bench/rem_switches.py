@@ -34,61 +34,55 @@ def main() -> None:
     ap.add_argument("--loses-in", default=None, help="regions where REM loses, comma-separated")
     a = ap.parse_args()
     rows = R.read_results([Path(p) for p in a.csv])  # refuses a cell two files both hold
+    switches = [s for s in a.switches.split(",") if s]
     rem, ret = cells(rows, "rem", a.metric), cells(rows, "retrain", a.metric)
     regs = R.regularities_of(rows)
-    keys = sorted(rem)
+    vs_rem = R.paired(rows, "rem", a.metric)  # all cells and each region, as the reports pair them
 
-    def interval(run: dict, base: dict, ks: list) -> str:
-        ks = [k for k in ks if k in run and k in base]
-        if not ks:
-            return "—"
-        return f"{R.paired_text(R.bootstrap_mean_diff([run[k] for k in ks], [base[k] for k in ks]))} ({len(ks)})"
+    def text(p: R.Paired) -> str:
+        return f"{R.paired_text(p)} ({p.pairs})" if p.pairs else "—"
 
-    if not ret:
-        if a.loses_in is None:
-            raise SystemExit("no retrain rows in these files: give the regions where REM loses with --loses-in")
-    else:
-        print(f"REM - Retrain, {a.metric} (points, 95% paired interval, pairs):")
+    def interval(run: dict, ks: list) -> str:  # a subset of cells against REM
+        ks = [k for k in ks if k in run and k in rem]
+        return text(R.bootstrap_mean_diff([run[k] for k in ks], [rem[k] for k in ks]))
+
     losing = []
-    for g in ["all"] + regs if ret else []:
-        ks = [k for k in keys if (g == "all" or k[0] == g) and k in ret]
-        if not ks:
-            print(f"  {g:8s} —")
-            continue
-        p = R.bootstrap_mean_diff([rem[k] for k in ks], [ret[k] for k in ks])
-        if g != "all" and p.high < 0:
-            losing.append(g)
-        print(f"  {g:8s} {interval(rem, ret, ks)}")
+    if ret:
+        print(f"REM - Retrain, {a.metric} (points, 95% paired interval, pairs):")
+        rem_vs_ret = R.paired(rows, "retrain", a.metric)["rem"]
+        for g in ["all"] + regs:
+            print(f"  {g:8s} {text(rem_vs_ret[g])}")
+            if g != "all" and rem_vs_ret[g].pairs and rem_vs_ret[g].high < 0:
+                losing.append(g)
+    elif a.loses_in is None:
+        raise SystemExit("no retrain rows in these files: give the regions where REM loses with --loses-in")
     if a.loses_in is not None:
         losing = [g for g in a.loses_in.split(",") if g]
-    lost_cells = [k for k in keys if k in ret and ret[k] > rem[k]]
+    lost_cells = [k for k in sorted(rem) if k in ret and ret[k] > rem[k]]
     print(f"regions where REM loses: {', '.join(losing) or 'none'}"
-          + (f"; cells where Retrain beat REM: {len(lost_cells)} of {len(keys)}" if ret else ""))
+          + (f"; cells where Retrain beat REM: {len(lost_cells)} of {len(rem)}" if ret else ""))
     print()
     cols = ["all"] + regs + ["REM loses (regions)", "REM loses (cells, biased)"]
     print(f"| switch − rem, {a.metric} | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
-    for s in [s for s in a.switches.split(",") if s]:
+    for s in switches:
         mine = cells(rows, s, a.metric)
         if not mine:
             raise SystemExit(f"no run {s!r} in {', '.join(a.csv)}")
-        out = [interval(mine, rem, [k for k in keys if g == "all" or k[0] == g]) for g in ["all"] + regs]
-        out.append(interval(mine, rem, [k for k in keys if k[0] in losing]) if losing else "—")
-        out.append(interval(mine, rem, lost_cells) if ret else "—")
+        out = [text(vs_rem[s][g]) for g in ["all"] + regs]
+        out.append(interval(mine, [k for k in rem if k[0] in losing]) if losing else "—")
+        out.append(interval(mine, lost_cells) if ret else "—")
         print(f"| {s} | " + " | ".join(out) + " |")
     print()
     print("Healed (%) by region and rate, mean over seeds:")
-    rates = sorted({k[1] for k in keys})
+    rates = R.rates_of(rows)
     print("| run | region | " + " | ".join(f"{r:g}" for r in rates) + " |")
     print("|---|---|" + "---:|" * len(rates))
-    for run in (["retrain"] if ret else []) + ["rem"] + [s for s in a.switches.split(",") if s]:
-        h = cells(rows, run, "healed")
+    for run in (["retrain"] if ret else []) + ["rem"] + switches:
+        tab = R.taxonomy(rows, run, "healed")
         for g in regs:
-            vals = []
-            for rate in rates:
-                v = [h[k] for k in h if k[0] == g and k[1] == rate]
-                vals.append(f"{100 * sum(v) / len(v):.1f}" if v else "—")
-            print(f"| {run} | {g} | " + " | ".join(vals) + " |")
+            print(f"| {run} | {g} | " + " | ".join(R.pct(tab.get(g, {}).get(r, float("nan"))) for r in rates)
+                  + " |")
 
 
 if __name__ == "__main__":
