@@ -211,8 +211,11 @@ def evaluate(
     fmt: Annotated[Format, typer.Option("--format", help="how to print the tables")] = Format.table,
     from_csv: Annotated[list[Path] | None, typer.Option("--from-csv", metavar="<path>",
                         help="print the tables of existing "
-                        "results.csv files (no scoring, nothing written); repeat it to pool several runs of a "
-                        "split grid")] = None,
+                        "results.csv files (no scoring; nothing written unless --write); repeat it to pool "
+                        "several runs of a split grid")] = None,
+    write: Annotated[bool, typer.Option("--write", help="with --from-csv: write the pooled rows' results.csv, "
+                     "results.md, heatmaps (into --reports) and metrics (--metrics), as the evaluate stage "
+                     "writes a whole grid's")] = False,
     regularity_plot: Annotated[Path | None, typer.Option(help="also write the PNG of every run's Utility x Healed "
                                "against measured regularity, of these rows (with --from-csv: pooled over the "
                                "files)")] = None,
@@ -225,6 +228,9 @@ def evaluate(
 
     if metric not in report.HEADLINE:
         raise RemflowError("unknown metric", key="--metric", got=metric, hint="one of " + ", ".join(report.HEADLINE))
+    if write and not from_csv:
+        raise RemflowError("--write pools existing results files", key="--write",
+                           hint="name them with --from-csv (the evaluate stage writes a grid's own reports)")
     if from_csv and regularity_plot is not None and len(from_csv) > 1:
         rows = report.read_suites(from_csv)  # pooled over suites: each file's corruptions named by its suite
         p = None
@@ -247,6 +253,12 @@ def evaluate(
         context = {"remflow": remflow.__version__,
                    "dataset": f"{dataset.get('about')}; fingerprint {dataset.get('fingerprint')}",
                    "runs": len(rows), "params": Path(params).read_text()}
+        report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
+    elif write:  # a split grid's parts pooled into the one report of the whole grid
+        context = {"remflow": remflow.__version__, "pooled from": ", ".join(str(f) for f in from_csv),
+                   "runs": len(rows)}
+        if params.is_file():
+            context["params"] = params.read_text()
         report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
     report.render(rows, fmt.value, chosen, metric, _wide(), reference)
     if regularity_plot is not None:

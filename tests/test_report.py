@@ -157,6 +157,29 @@ def test_evaluate_pools_the_results_of_a_split_grid(rows, tmp_path):
     assert "Traceback" not in r.output and "s0.csv" in flat and "whole.csv" in flat and "seed0" in flat
 
 
+def test_evaluate_writes_the_report_of_a_split_grid_pooled(rows, tmp_path, monkeypatch):
+    # the parts of a grid run across sessions, pooled into the one report of the whole grid
+    seed0, seed1 = tmp_path / "s0.csv", tmp_path / "s1.csv"
+    seed0.write_text(report.csv_text([r for r in rows if r["seed"] == 0]))
+    seed1.write_text(report.csv_text([r for r in rows if r["seed"] == 1]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("grid: {seeds: [0, 1]}\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(seed0), "--from-csv", str(seed1), "--write",
+                            "--reports", "pooled", "--metrics", "pooled/metrics.json", "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    written = report.read_results([tmp_path / "pooled" / "results.csv"])
+    key = lambda r: (r["run"], r["regularity"], r["discovery_rate"], r["seed"])  # noqa: E731
+    assert sorted(map(key, written)) == sorted(map(key, rows))
+    assert {key(r): r["score"] for r in written} == pytest.approx({key(r): r["score"] for r in rows})
+    md = (tmp_path / "pooled" / "results.md").read_text()
+    assert "pooled from" in md and "s1.csv" in md and "seeds: [0, 1]" in md
+    assert (tmp_path / "pooled" / "heatmaps").is_dir() and (tmp_path / "pooled" / "metrics.json").is_file()
+    # --write alone has nothing to pool: a clear error, nothing written
+    r = runner.invoke(app, ["evaluate", "--write", "--reports", "other"])
+    assert r.exit_code == 2 and "--from-csv" in r.output and not (tmp_path / "other").exists()
+
+
 def test_a_results_file_of_the_old_column_names_is_read(rows, tmp_path):
     old = report.csv_text(rows).replace("run,method,", "method,base_method,", 1)
     path = tmp_path / "old.csv"
