@@ -23,7 +23,9 @@ for r in runs:
     print(f"| {r} | " + " | ".join(cells) + f" | {pt(a)} | {pt(b)} |")
 print()
 regs = R.regularities_of(rows)
-print("Utility×Healed − retrain by region (points, 95% paired interval, 3 pairs each):")
+pairs = {g: sum(1 for x in rows if x["run"] == "retrain" and x["regularity"] == g) for g in regs}
+print("Utility×Healed − retrain by region (points, 95% paired interval; pairs: "
+      + ", ".join(f"{g} {n}" for g, n in pairs.items()) + "):")
 print()
 print("| run | " + " | ".join(regs) + " |")
 print("|---|" + "---|" * len(regs))
