@@ -24,7 +24,7 @@ for r in runs:
 print()
 regs = R.regularities_of(rows)
 pairs = {g: sum(1 for x in rows if x["run"] == "retrain" and x["regularity"] == g) for g in regs}
-print("Utility×Healed − retrain by region (points, 95% paired interval; pairs: "
+print("Utility×Healed − retrain by region (points, 95% paired interval; Retrain's cells, the most pairs a run has: "
       + ", ".join(f"{g} {n}" for g, n in pairs.items()) + "):")
 print()
 print("| run | " + " | ".join(regs) + " |")
