@@ -23,8 +23,8 @@ for r in runs:
     print(f"| {r} | " + " | ".join(cells) + f" | {pt(a)} | {pt(b)} |")
 print()
 regs = R.regularities_of(rows)
-pairs = {g: sum(1 for x in rows if x["run"] == "retrain" and x["regularity"] == g) for g in regs}
-print("Utility×Healed − retrain by region (points, 95% paired interval; Retrain's cells, the most pairs a run has: "
+pairs = {g: max((p[g].pairs for p in vs_ret.values() if g in p), default=0) for g in regs}
+print("Utility×Healed − retrain by region (points, 95% paired interval; the most pairs a run has: "
       + ", ".join(f"{g} {n}" for g, n in pairs.items()) + "):")
 print()
 print("| run | " + " | ".join(regs) + " |")
