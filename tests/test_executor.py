@@ -294,3 +294,24 @@ def test_commit_records_a_code_change_that_leaves_the_outputs_without_running(ti
     import hashlib
     assert b_dep["md5"] == hashlib.md5((tiny / "b.py").read_bytes()).hexdigest()
     assert "Data and pipelines are up to date" in _run(tiny, "--commit").stderr
+
+
+def test_a_ray_that_does_not_start_is_a_clear_error_not_a_traceback(monkeypatch):
+    """Ray's startup failing (a timeout on a busy machine, a wrong --address) gives remflow's one-screen error with
+    what Ray said, not "a bug in remflow"."""
+    import ray
+
+    from remflow.errors import RemflowError
+    from remflow.executor.core import Options, _start_ray
+
+    def refuse(*a, **k):
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(RemflowError) as e:
+        _start_ray(Options())
+    assert e.value.key == "ray" and "timed out during startup" in str(e.value.got)
+    with pytest.raises(RemflowError) as e:
+        _start_ray(Options(address="10.0.0.1:6379"))
+    assert e.value.key == "--address" and "10.0.0.1:6379" in e.value.message

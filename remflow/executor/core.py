@@ -144,7 +144,14 @@ def _start_ray(opts: Options):
     # a ray.cluster_utils.Cluster last recorded on this machine, so a run beside such a cluster (the cluster test
     # on another pytest worker) ran its stages on that cluster's workers and died with it ("Failed to connect to
     # GCS"). To join a cluster started with `ray start`, pass its address or `--address auto`
-    ray.init(address=address or "local", **kwargs)
+    try:
+        ray.init(address=address or "local", **kwargs)
+    except Exception as e:  # noqa: BLE001  Ray's own startup: a timeout, a refused address, a stale session
+        where = f"the cluster at {address}" if address else "a local Ray cluster for this run"
+        raise RemflowError(f"could not start or join {where}", key="--address" if address else "ray",
+                           got=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                           hint="a local start times out on a machine busy with other work: run again when it is "
+                                "freer; for a cluster, check its address (`ray status` on the head node)") from e
     return ray, True
 
 
