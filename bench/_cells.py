@@ -109,3 +109,20 @@ class Bench:
                                str(inputs["discovery"]))
         model, _ = load_model(Path(run_dir) / "model.safetensors", device)
         return evaluate_model(model, task.with_discovered(disc["indices"]), p.runtime.eval_batch_size)
+
+
+def staged_cell(params, work: Path, regularity: str, rate: float, seed: int) -> tuple[Path, Path, Path]:
+    """A cell's corruption manifest, standard pretrained model and oracle discovery, made through the stage
+    functions in-process into `work` (each reused when already there): (manifest, model file, discovery file)."""
+    from remflow import stages
+
+    manifest = work / f"corrupt-{regularity}-{seed}.json"
+    if not manifest.exists():
+        stages.corrupt(params, regularity, seed, manifest)
+    pre = work / f"pretrain-{regularity}-{seed}"
+    if not (pre / "model.safetensors").exists():
+        stages.pretrain(params, manifest, pre, "standard")
+    disc = work / f"discover-{regularity}-{rate}-{seed}.json"
+    if not disc.exists():
+        stages.discover(params, manifest, disc, rate=rate)
+    return manifest, pre / "model.safetensors", disc

@@ -18,7 +18,7 @@ is the share of a set predicted at its corrupted (training) label, over the samp
 from their clean one; `healed` the share predicted at the clean label, over the whole set (as Healed counts).
 
     python bench/rem_channels.py --params pipelines/digits-full/params.yaml --regularities high medium low \
-        --rates 0.1 0.5 --seeds 0 1 --csv docs/results/rem-channels/digits-full.csv
+        --rates 0.1 0.5 1.0 --seeds 0 1 --csv docs/results/rem-channels/digits-full.csv
     python bench/rem_channels.py --from-csv docs/results/rem-channels/digits-full.csv
 """
 
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("REMFLOW_PROGRESS", "off")
 sys.path.insert(0, str(ROOT / "bench"))
-from _cells import write_csv  # noqa: E402
+from _cells import staged_cell, write_csv  # noqa: E402
+from rem_mechanism import _f, undiscovered  # noqa: E402
 
-SETS = ("df", "du", "test")
 FIELDS = ["regularity", "discovery_rate", "seed", "view", "n_df", "n_du", "df_memorised", "df_healed",
           "du_memorised", "du_healed", "test_acc"]
 # the model views, in the order the table prints them
@@ -99,13 +99,6 @@ def view_row(task, model, route_for=None) -> dict:
     return row
 
 
-def undiscovered(task):
-    import torch
-
-    keep = ~task.is_forget[task.corrupted]
-    return task.corrupted[keep] if len(task.corrupted) else torch.zeros(0, dtype=torch.long)
-
-
 def relearned(model, task, params, seed: int):
     """A copy of the deployed model after the clean relearning attack (remflow.robustness's, same seed)."""
     from remflow import robustness as rb
@@ -133,17 +126,9 @@ def cell_rows(params, splits, work: Path, reg: str, rate: float, seed: int) -> l
     from remflow.methods.rem import run_rem
     from remflow.models.layers import SHARED_ID, Route
 
-    manifest = work / f"corrupt-{reg}-{seed}.json"
-    if not manifest.exists():
-        stages.corrupt(params, reg, seed, manifest)
-    pre = work / f"pretrain-{reg}-{seed}"
-    if not (pre / "model.safetensors").exists():
-        stages.pretrain(params, manifest, pre, "standard")
-    disc = work / f"discover-{reg}-{rate}-{seed}.json"
-    if not disc.exists():
-        stages.discover(params, manifest, disc, rate=rate)
+    manifest, model_path, disc = staged_cell(params, work, reg, rate, seed)
     cell = {"regularity": reg, "discovery_rate": rate, "seed": seed}
-    prep = stages.prepare(params, "rem", pre / "model.safetensors", splits, read_json(manifest, "manifest"),
+    prep = stages.prepare(params, "rem", model_path, splits, read_json(manifest, "manifest"),
                           read_json(disc, "discovery")["indices"], read_json(disc, "discovery"))
     ctx, task = prep.ctx, prep.ctx.task
     rows = [{**cell, "view": VIEWS[0], **view_row(task, ctx.model)}]
@@ -165,10 +150,6 @@ def cell_rows(params, splits, work: Path, reg: str, rate: float, seed: int) -> l
     rows.append({**cell, "view": VIEWS[4], **view_row(task, model)})
     rows.append({**cell, "view": VIEWS[5], **view_row(task, relearned(model, task, params, seed))})
     return rows
-
-
-def _f(v) -> float:
-    return float("nan") if v in (None, "") else float(v)
 
 
 def summary(rows: list[dict]) -> str:

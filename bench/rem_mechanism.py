@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("REMFLOW_PROGRESS", "off")
 sys.path.insert(0, str(ROOT / "bench"))
-from _cells import write_csv  # noqa: E402
+from _cells import staged_cell, write_csv  # noqa: E402
 
 FIELDS = ["regularity", "discovery_rate", "seed", "run", "phase", "epoch", "flush_round", "du_memorised",
           "du_healed", "df_memorised", "df_healed", "retain_acc", "proxy", "n_du", "n_df"]
@@ -81,8 +81,8 @@ def traced_rem(params, pre, manifest, disc, out, cell: dict) -> list[dict]:
         row(ctx, model, "after flush epoch")
         return orig_fa(ctx, model, forget, gen)
 
-    def px(ctx, model, forget, retain, gamma):
-        value = orig_proxy(ctx, model, forget, retain, gamma)
+    def px(ctx, model, forget, retain, gamma, *view):  # view: the proxy's data view (its generator), as passed
+        value = orig_proxy(ctx, model, forget, retain, gamma, *view)
         row(ctx, model, "before unlearning" if not rows else "after repair epoch")
         rows[-1]["proxy"] = round(value, 6)
         state["epoch"] += 1
@@ -132,17 +132,10 @@ def run(args) -> list[dict]:
     splits = load_splits(params.data)
     for reg in args.regularities:
         for seed in args.seeds:
-            manifest = work / f"corrupt-{reg}-{seed}.json"
-            if not manifest.exists():
-                stages.corrupt(params, reg, seed, manifest)
-            pre = work / f"pretrain-{reg}-{seed}"
-            if not (pre / "model.safetensors").exists():
-                stages.pretrain(params, manifest, pre, "standard")
             for rate in args.rates:
                 cell = {"regularity": reg, "discovery_rate": rate, "seed": seed}
-                disc = work / f"discover-{reg}-{rate}-{seed}.json"
-                if not disc.exists():
-                    stages.discover(params, manifest, disc, rate=rate)
+                manifest, model_path, disc = staged_cell(params, work, reg, rate, seed)
+                pre = model_path.parent
 
                 def task_of():
                     return Task(splits, torch.device("cpu"), reg, read_json(manifest, "m"),
