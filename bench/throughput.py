@@ -11,6 +11,8 @@ padding + horizontal flip + normalisation) on the same data, on the same machine
 
     python bench/throughput.py                      # the default suite's setting: digits, small CNN
     python bench/throughput.py --dataset fashion_mnist --train-size 10000
+    python bench/throughput.py --dataset fashion_mnist --pad-to 32 --model resnet9 --width 32 --batch-size 512 \
+        --padding 4          # the paper suite's setting (pipelines/fashion-mnist-paper; on a GPU: bench/gpu_paper.sh)
 
 The last line is `speedup: X.XX` (remflow's images/s over the best DataLoader configuration).
 """
@@ -40,6 +42,7 @@ def parse():
                    help="synthetic: random CIFAR-shaped uint8 images (throughput only; for machines without data)")
     p.add_argument("--root", default=None)
     p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--pad-to", type=int, default=None, help="data.pad_to: zero-pad the images (Fashion-MNIST 28 to 32)")
     p.add_argument("--model", default="cnn", choices=["cnn", "resnet9"])
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
@@ -163,7 +166,7 @@ def main():
         splits = Splits("synthetic", x, y, x[:256], y[:256], x[:256], y[:256], 10, (0.5,) * 3, (0.25,) * 3)
     else:
         splits = load_splits(DataCfg(dataset=args.dataset, root=args.root, train_size=args.train_size,
-                                     val_fraction=0.1))
+                                     val_fraction=0.1, pad_to=args.pad_to))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
     print(f"data: {args.dataset} {splits.train_x.shape[1:]} x {len(splits.train_y)}; model: {args.model} "

@@ -119,6 +119,9 @@ class DataCfg(Strict):
     augment: AugmentCfg = AugmentCfg()
     resize: PositiveInt | None = Field(None, description="folder: resize every image to resize x resize pixels; "
                                        "unset: images must all have one square size (others are refused)")
+    pad_to: PositiveInt | None = Field(None, description="pad every image with zeros, centred, to pad_to x pad_to "
+                                       "pixels (Fashion-MNIST's 28 to 32: the paper's ResNet-9 at CIFAR's size); "
+                                       "unset: as read")
     options: dict[str, Any] = Field({}, description="a plug-in reader's keyword arguments")
 
     @field_validator("dataset")

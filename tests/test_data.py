@@ -37,14 +37,39 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-def test_fashion_mnist_idx_files(tmp_path):
+def _write_fashion(root: Path, low: int = 0) -> None:
+    """50 training and 20 test images in the idx files' format, pixels in [low, 255]."""
     rng = np.random.default_rng(0)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(50) % 10)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(low, 256, (n, 28, 28)))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    _write_fashion(tmp_path)
     s = load_splits(DataCfg(dataset="fashion_mnist", root=str(tmp_path), val_fraction=0.1))
     assert s.train_x.shape == (45, 1, 28, 28) and len(s.val_y) == 5 and len(s.test_y) == 20
+
+
+def test_pad_to_centres_the_images_on_a_zero_border(tmp_path):
+    _write_fashion(tmp_path, low=1)  # no zero pixel inside the images
+    plain = load_splits(DataCfg(dataset="fashion_mnist", root=str(tmp_path), val_fraction=0.1))
+    padded = load_splits(DataCfg(dataset="fashion_mnist", root=str(tmp_path), val_fraction=0.1, pad_to=32))
+    for a, b in ((plain.train_x, padded.train_x), (plain.val_x, padded.val_x), (plain.test_x, padded.test_x)):
+        assert b.shape == a.shape[:2] + (32, 32) and b.dtype == np.uint8
+        assert np.array_equal(b[:, :, 2:30, 2:30], a)  # the same images, centred, in the same order
+        border = b.copy()
+        border[:, :, 2:30, 2:30] = 0
+        assert not border.any()  # every pixel outside them is 0
+    assert padded.image_size == 32 and np.array_equal(padded.train_y, plain.train_y)
+    # the statistics are the padded images' (what the model sees), and the fingerprint tells the two apart
+    assert padded.mean[0] == pytest.approx(plain.mean[0] * 28 * 28 / (32 * 32))
+    assert padded.fingerprint != plain.fingerprint
+    odd = load_splits(DataCfg(dataset="digits", pad_to=11))  # 8 to 11: one pixel above, two below
+    assert odd.train_x.shape[2:] == (11, 11) and not odd.train_x[:, :, :1].any() and not odd.train_x[:, :, 9:].any()
+    with pytest.raises(RemflowError, match="pad_to") as e:
+        load_splits(DataCfg(dataset="fashion_mnist", root=str(tmp_path), pad_to=27))
+    assert e.value.key == "data.pad_to" and "28x28" in str(e.value.hint)
 
 
 def test_truncated_idx_file_is_refused(tmp_path):

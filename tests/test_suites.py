@@ -20,7 +20,7 @@ from remflow.pipeline_check import check_pipeline
 
 SUITES = sorted(p.name for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").is_file())
 # suites that study one question with a few methods (the rest run every registered method)
-FOCUSED = {"digits-detect", "fashion-mnist-large"}  # studies of their own: the methods their question needs
+FOCUSED = {"digits-detect", "fashion-mnist-large", "fashion-mnist-paper"}  # the methods their question needs
 SMALL_MODELS = {
     "cnn": {"width": 4},
     "resnet9": {"width": 4},

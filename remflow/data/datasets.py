@@ -8,7 +8,7 @@
   statistics like the rest.
 
 `load_splits` carves the validation split out of the training set (model selection never sees the test
-set) and applies the optional seeded subsets used by smoke runs.
+set), applies the optional seeded subsets used by smoke runs and pads the images when `data.pad_to` asks.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def load_splits(cfg: DataCfg) -> Splits:
     else:  # pragma: no cover - the schema rejects other names
         raise RemflowError("unknown dataset", key="data.dataset", got=name)
 
+    if cfg.pad_to is not None:
+        train_x, test_x = _pad(train_x, cfg.pad_to), _pad(test_x, cfg.pad_to)
     source = np.arange(len(train_y))  # each training sample's position in what the reader returned
     if cfg.train_size is not None and cfg.train_size < len(train_y):
         keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(len(train_y))[: cfg.train_size])
@@ -104,6 +106,16 @@ def load_splits(cfg: DataCfg) -> Splits:
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
     return Splits(name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, mean, std, train_source,
                   val_source)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (N, C, H, W) images to size x size, centred (an odd margin puts its extra pixel right and below)."""
+    h, w = x.shape[2], x.shape[3]
+    if h > size or w > size:
+        raise RemflowError("data.pad_to is smaller than the images", key="data.pad_to", got=size,
+                           hint=f"the images are {h}x{w}: set pad_to to at least {max(h, w)}, or unset it")
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(x, ((0, 0), (0, 0), (top, size - h - top), (left, size - w - left)))
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
