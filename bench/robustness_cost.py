@@ -38,7 +38,8 @@ def main() -> None:
     for label, rows in by.items():
         every += rows
         u, s, r = (statistics.median(c) for c in zip(*rows))
-        print(f"{label:>18} {len(rows):>5} {u:>10.2f} {s:>10.3f} {r:>13.2f} {r / u:>15.2f}")
+        ratio = f"{r / u:>15.2f}" if u > 0 else f"{'-':>15}"  # `none` trains nothing: no ratio
+        print(f"{label:>18} {len(rows):>5} {u:>10.2f} {s:>10.3f} {r:>13.2f} {ratio}")
     u, s, r = (sum(c) for c in zip(*every))
     print(f"{'all (sums)':>18} {len(every):>5} {u:>10.1f} {s:>10.2f} {r:>13.1f} {r / u:>15.2f}")
     print(f"the measurements add {r / (u + s):.0%} to the time of the unlearn stages (method + scoring)")

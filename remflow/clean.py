@@ -48,6 +48,7 @@ def clean_command(params: ParamsBase, name: str, model_path: str | Path, flagged
     """Unlearn the flagged samples from the user's model with method (or run) `name`; write model + record."""
     from remflow.methods import REGISTRY, UnlearnContext
 
+    check_out(out_dir, model_path, flagged_path)
     cfg = method_config(params, name)
     method = REGISTRY[cfg.method]
     if getattr(cfg, "ideal", False):
@@ -119,6 +120,39 @@ def clean_command(params: ParamsBase, name: str, model_path: str | Path, flagged
     return record
 
 
+def check_out(out_dir: str | Path, *inputs: str | Path) -> None:
+    """--out is replaced whole when the cleaning succeeds: refuse, before anything runs, a path that holds
+    anything but an earlier `remflow clean` output (a file, a folder of other files, one holding an input)."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RemflowError("--out names a file; it takes a folder that remflow clean writes whole", key="--out",
+                           got=str(out), hint="give a new folder, e.g. cleaned/")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RemflowError("--out is the current folder (or holds it), and remflow clean replaces it whole",
+                           key="--out", got=str(out), hint="give a new folder, e.g. cleaned/")
+    for f in inputs:
+        if resolved in Path(f).resolve().parents:
+            raise RemflowError("--out holds an input of this command, and remflow clean replaces it whole",
+                               key="--out", got=str(out), hint=f"give a new folder (it holds {f})")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    earlier = names == ["model.safetensors", "record.json"]
+    if earlier:
+        try:
+            earlier = json.loads((out / "record.json").read_text(encoding="utf-8")).get("command") == "clean"
+        except (OSError, ValueError, AttributeError):
+            earlier = False
+    if not earlier:
+        raise RemflowError("--out is a folder of other files, and remflow clean replaces it whole", key="--out",
+                           got=f"{out} (holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})",
+                           hint="give a new or empty folder, or an earlier remflow clean output to replace")
+
+
 def method_config(params: ParamsBase, name: str):
     """An entry under `methods:` in params, else a registered method with its defaults."""
     from remflow.methods import REGISTRY
@@ -144,10 +178,15 @@ def scores(model: torch.nn.Module, task: Task, batch_size: int) -> dict[str, flo
 # ---------------------------------------------------------------- the flagged samples
 
 
+REMFLOW_FORMATS = ("remflow-manifest/1", "remflow-discovery/1", "remflow-detection/1")  # data/corruption.py's
+
+
 def read_flagged(path: str | Path, params: ParamsBase, splits: Splits) -> np.ndarray:
     """Positions in the reader's training set. The file: one entry per line (`#` comments), each an index or,
     for `folder`, an image's path (relative to <root>/train, to the current folder, or its bare name when
-    unique); or JSON: a list, or an object with `indices` (a remflow discovery file)."""
+    unique); or JSON: a list, or an object with `indices`. A remflow manifest, discovery or detection file
+    counts its indices in the split's training set (after data.train_size and the validation split, as the
+    pipeline's stages do): it is accepted for the data it was made on only, and its indices are translated."""
     path = Path(path)
     if not path.is_file():
         raise RemflowError("flagged-samples file not found", key=str(path))
@@ -164,6 +203,8 @@ def read_flagged(path: str | Path, params: ParamsBase, splits: Splits) -> np.nda
         entries = data.get("indices") if isinstance(data, dict) else data
         if not isinstance(entries, list):
             raise RemflowError("JSON must be a list of entries or an object with `indices`", key=str(path))
+        if isinstance(data, dict) and data.get("format") in REMFLOW_FORMATS:
+            return _from_split_positions(data, splits, path)
         lines = list(range(1, len(entries) + 1))
     else:
         lines, entries = [], []
@@ -178,8 +219,8 @@ def read_flagged(path: str | Path, params: ParamsBase, splits: Splits) -> np.nda
     names = _folder_names(params) if params.data.dataset == "folder" else None
     out = []
     for n, e in zip(lines, entries):
-        if isinstance(e, int) or (isinstance(e, str) and e.lstrip("-").isdigit()):
-            out.append(int(e))
+        if (isinstance(e, int) and not isinstance(e, bool)) or (isinstance(e, str) and e.lstrip("-").isdigit()):
+            out.append(_index(e, f"{path}:{n}"))
         elif names is not None and isinstance(e, str):
             out.append(_by_name(e, names, f"{path}:{n}"))
         else:
@@ -187,6 +228,31 @@ def read_flagged(path: str | Path, params: ParamsBase, splits: Splits) -> np.nda
                                key=f"{path}:{n}", got=e, hint="training indices count from 0 in the order of the "
                                "reader's training set" + ("" if names else "; file names need data.dataset: folder"))
     return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def _index(entry: int | str, where: str) -> int:
+    i = int(entry)
+    if not 0 <= i < 2**62:  # np.int64 holds it; no training set is near that size
+        raise RemflowError("not a training index (out of range)", key=where, got=entry,
+                           hint="training indices count from 0 in the order of the reader's training set")
+    return i
+
+
+def _from_split_positions(data: dict, splits: Splits, path: Path) -> np.ndarray:
+    """A remflow file's indices (positions in the split's training set) as positions in the reader's."""
+    if data.get("fingerprint") != splits.fingerprint:
+        raise RemflowError(f"this {data['format'].split('/')[0].removeprefix('remflow-')} file was made on other "
+                           "data (its training split differs from params' data:)", key=str(path),
+                           got=data.get("fingerprint"), hint="use the params the pipeline ran with, or give the "
+                           "flagged samples as reader indices (one per line)")
+    idx = data["indices"]
+    n = len(splits.train_y)
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    if bad:
+        raise RemflowError(f"index outside the split's training set (0..{n - 1})", key=str(path), got=bad[0])
+    if not idx:
+        raise RemflowError("no flagged samples in the file", key=str(path))
+    return np.unique(np.asarray(splits.train_source, dtype=np.int64)[np.asarray(idx, dtype=np.int64)])
 
 
 def _folder_names(params: ParamsBase) -> dict:

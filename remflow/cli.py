@@ -96,6 +96,10 @@ def guarded(fn: Callable) -> Callable:
         except RemflowError as e:
             _report_error(e)
             raise typer.Exit(2) from None
+        except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:  # a path given
+            _report_error(RemflowError(f"cannot use this path: {e.strerror}", key=e.filename2 or e.filename,
+                                       hint="check the paths passed to the command and in params"))
+            raise typer.Exit(2) from None
 
     return wrapper
 

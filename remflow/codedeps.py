@@ -270,12 +270,31 @@ def fingerprints(params, mdir: Path) -> dict[str, dict]:
     return out
 
 
+def _is_fingerprint(path: Path) -> bool:
+    """A file `record` writes: a JSON object naming its code root and the files (and definitions) it hashes."""
+    if not path.is_file() or path.suffix != ".json":
+        return False
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("files"), dict) and "code" in d and ("method" in d or "command" in d)
+
+
 def record(root: Path, params, folder: Path) -> list[str]:
     """Write FOLDER's files for `params` (a file only when its content changes; files of runs no longer under
     `methods:` removed). Returns the names written or removed."""
+    from remflow.errors import RemflowError
     from remflow.io import atomic_write_text
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RemflowError("--record takes a folder; this is a file", key="--record", got=str(folder))
+    foreign = sorted(p.name for p in folder.iterdir() if not _is_fingerprint(p)) if folder.is_dir() else []
+    if foreign:  # the folder is remflow's to prune: refuse one that holds anything else, before writing
+        raise RemflowError("--record writes a folder of its own, and this one holds other files", key="--record",
+                           got=f"{folder} (holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
+                           hint="give a new or empty folder (the pipeline's is artifacts/code)")
     folder.mkdir(parents=True, exist_ok=True)
     mdir = methods_dir(root)
     want = {f"{run}.json": json.dumps({**fp, "code": _code_var(root)}, indent=1, sort_keys=True) + "\n"

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -80,6 +81,16 @@ def is_plugin(name: object) -> bool:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_bool(v):
+    """YAML's true/false is no number: pydantic alone would read `count: true` as 1 and a rate `true` as 1.0."""
+    if isinstance(v, bool):
+        raise ValueError("a number is expected here, not true or false")
+    return v
+
+
+NoBool = BeforeValidator(_no_bool)
 
 
 class CrossError(ValueError):
@@ -176,7 +187,7 @@ class RandomLabelsCfg(Strict):
 
 
 class CorruptionCfg(Strict):
-    count: PositiveInt | float = Field(1000, description="|D_c|: a count, or a fraction of the training set")
+    count: Annotated[PositiveInt | float, NoBool] = Field(1000, description="|D_c|: a count, or a fraction of the training set")
     backdoor: BackdoorCfg = BackdoorCfg()
     interclass: InterclassCfg = InterclassCfg()
     random_labels: RandomLabelsCfg = RandomLabelsCfg()
@@ -194,7 +205,7 @@ class CorruptionCfg(Strict):
     @field_validator("count")
     @classmethod
     def _count(cls, v):
-        if v == 0:
+        if v <= 0:
             raise ValueError("|D_c| must hold at least one sample: a count of 1 or more, or a fraction in (0, 1)")
         if isinstance(v, float) and not (0.0 < v < 1.0):
             raise ValueError("a fraction must lie in (0, 1); write a count as an integer (1000, not 1000.0)")
@@ -271,7 +282,7 @@ class Recipe(Strict):
     """One optimisation recipe: what `remflow.train` needs to run a loop."""
 
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(gt=0)
+    lr: Annotated[float, NoBool] = Field(gt=0, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: PositiveInt = 512
@@ -304,7 +315,7 @@ class PretrainCfg(Recipe):
     Selection as the released code: checked every 5 epochs (on test accuracy there, on the validation split
     here); Retrain is trained and selected alike (methods/retrain.py, docs/protocol.md)."""
 
-    lr: float = Field(0.025, gt=0)
+    lr: Annotated[float, NoBool] = Field(0.025, gt=0, allow_inf_nan=False)
     epochs: PositiveInt = 41
     schedule: Literal["warmup_linear", "constant"] = "warmup_linear"
     eval_every: PositiveInt = Field(5, description="epochs between validation checks (best checkpoint kept)")
@@ -318,7 +329,7 @@ class PretrainCfg(Recipe):
 class UnlearnCfg(Recipe):
     """The unlearning budget every method starts from (paper §4: lr 0.005, 980 steps = 10 epochs, batch 512)."""
 
-    lr: float = Field(0.005, gt=0)
+    lr: Annotated[float, NoBool] = Field(0.005, gt=0, allow_inf_nan=False)
     epochs: PositiveInt = 10
     schedule: Literal["warmup_linear", "constant"] = "constant"
 
@@ -330,10 +341,10 @@ class GridCfg(Strict):
     """The taxonomy cells: dvc.yaml's matrix stages read these lists."""
 
     regularities: list[Regularity] = list(REGULARITIES)
-    discovery_rates: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = [
+    discovery_rates: list[Annotated[float, NoBool, Field(gt=0, le=1, allow_inf_nan=False)]] = [
         round(0.1 * i, 1) for i in range(1, 11)
     ]
-    seeds: list[NonNegativeInt] = [0, 1, 2]
+    seeds: list[Annotated[NonNegativeInt, NoBool]] = [0, 1, 2]
     methods: list[str] = Field([], description="run names (entries of `methods:`) run on the standard model")
     etd_methods: list[str] = Field([], description="run names also run on the ETD-pretrained model ('X (ETD)')")
     pretrain_variants: list[Literal["standard", "etd"]] = Field(

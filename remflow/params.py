@@ -151,8 +151,14 @@ def read_yaml(path: str | Path) -> Any:
     if key not in _PARSED:
         try:
             parsed = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise RemflowError("params file is not UTF-8 text", key=str(path),
+                               got=f"byte {e.object[e.start]:#04x} at offset {e.start}", hint="save it as UTF-8") from None
         except YAMLError as e:
-            raise RemflowError(f"not valid YAML: {str(e).splitlines()[0]}", key=str(path)) from None
+            mark = getattr(e, "problem_mark", None)
+            what = "; ".join(str(x).strip() for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+            where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+            raise RemflowError(f"not valid YAML: {what or str(e).splitlines()[0]}", key=where) from None
         if len(_PARSED) >= 8:
             _PARSED.pop(next(iter(_PARSED)))
         _PARSED[key] = parsed

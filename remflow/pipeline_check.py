@@ -134,6 +134,7 @@ def check_data(p) -> list[str]:
             raise
         return [f"the dataset files are not there yet; its stages will download them (data.download): {e.message}"]
     check_corruption(p.corruption, p.grid.regularities, splits)
+    check_model(p.model, splits)
     n = corrupted_size(p.corruption, len(splits.train_y))
     drawn: dict[int, list[float]] = {}
     for rate in p.grid.discovery_rates:
@@ -141,3 +142,27 @@ def check_data(p) -> list[str]:
     return [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
             f"cells run on the same D_f (raise corruption.count to tell them apart)"
             for k, rates in drawn.items() if len(rates) > 1]
+
+
+def check_model(cfg, splits) -> None:
+    """`model:` builds for this data and gives one score per class: what pretraining would find out after the
+    corrupt, probe and discover stages had run (a plug-in's constructor or forward failing, or its head the wrong
+    size)."""
+    import torch
+
+    from remflow.models import build_model
+
+    model = build_model(cfg, splits.in_channels, splits.num_classes, splits.image_size)  # RemflowError: key model
+    x = torch.zeros(2, splits.in_channels, splits.image_size, splits.image_size)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - the user's forward, reported as bad input
+        raise RemflowError(f"the model fails on a batch of this data ({type(e).__name__}: {e})", key="model",
+                           got=f"{splits.in_channels}x{splits.image_size}x{splits.image_size} images",
+                           hint="the model must take (N, C, H, W) float images of the dataset's size") from None
+    if tuple(getattr(out, "shape", ())) != (2, splits.num_classes):
+        raise RemflowError(f"the model must give one score per class: {splits.num_classes} for this data",
+                           key="model", got=f"output of shape {tuple(getattr(out, 'shape', ()))} for 2 images",
+                           hint="size its last layer to num_classes (the plug-in's constructor receives it)")

@@ -75,9 +75,14 @@ def discover(params: ParamsBase, manifest_path: str | Path, out: str | Path, *, 
         if model_path is not None or hits_out is not None:
             raise RemflowError("--model and --hits-out belong to a detector's discovery (--budget)", key="--rate",
                                got=rate)
+        from remflow.data.corruption import MANIFEST_FORMAT
+
         m = read_json(manifest_path, "corruption manifest")
-        if not isinstance(m, dict) or not isinstance(m.get("indices"), list) or "seed" not in m:
-            raise RemflowError("corrupted manifest: no indices", key=str(manifest_path),
+        # the oracle reads no data, so the manifest's own fields are checked here (pretrain checks its data too)
+        if (not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("indices"), list)
+                or any(k not in m for k in ("regularity", "seed", "fingerprint"))):
+            raise RemflowError("not a remflow corruption manifest, or a damaged one", key=str(manifest_path),
+                               got=m.get("format") if isinstance(m, dict) else type(m).__name__,
                                hint="rerun its corrupt stage (dvc repro)")
         d = make_discovery(m, rate, int(m["seed"]))
         write_json(out, d)

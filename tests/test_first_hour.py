@@ -119,6 +119,26 @@ def test_a_failed_stage_is_reported_with_its_error_line_and_dependents_counted(t
     assert "Traceback" not in r.stderr
 
 
+def test_a_usage_error_inside_a_remflow_run_worker_is_its_message_and_exit_code_2(tmp_path, capsys):
+    """The workers run remflow's commands in-process: a bad flag value (typer's own click copy raises it) is the
+    one-screen usage error with exit code 2, as on the command line, not a traceback; and the line remflow run
+    shows for a failed stage is the stage's reason, not the worker's "exited with code" line after it."""
+    from remflow.executor.cli import _last_error
+    from remflow.executor.worker import _run_remflow
+
+    rc = _run_remflow(["discover", "--manifest", str(tmp_path / "m.json"), "--rate", "abc",
+                       "--out", str(tmp_path / "d.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "Invalid value for '--rate'" in err
+    log = tmp_path / "stage.log"
+    log.write_text("$ remflow discover ...\nTraceback (most recent call last):\n  File x\nValueError: the reason\n"
+                   "remflow run: command exited with code 1\n")
+    assert _last_error(str(log)) == ["ValueError: the reason"]
+    log.write_text("$ remflow discover ...\nError: Invalid value for '--rate': 'abc' is not a valid float.\n"
+                   "remflow run: command exited with code 2\n")
+    assert _last_error(str(log))[-1].startswith("Error: Invalid value for '--rate'")
+
+
 # ---------------------------------------------------------------- check refuses what a run would refuse
 
 runner = CliRunner()
@@ -187,6 +207,44 @@ def test_an_unexpected_error_is_one_screen_not_a_traceback(tmp_path):
     assert r.returncode == 1
     assert "kaboom" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bad_files_and_paths_are_input_errors_not_bugs(tmp_path):
+    """What a first hour runs into: a params file saved as Latin-1, a key given twice, a damaged manifest, an
+    output path that is a folder, a truncated npz: each exit code 2 naming the file (and the line), not the
+    "bug in remflow" panel."""
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes((ROOT / "params.yaml").read_bytes() + b"# caf\xe9\n")
+    r = runner.invoke(app, ["check", "--params", str(latin), "--dvc", str(ROOT / "dvc.yaml")])
+    assert r.exit_code == 2 and "not UTF-8" in r.output and "0xe9" in r.output
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((ROOT / "params.yaml").read_text() + "grid:\n  seeds: [1]\n")
+    r = runner.invoke(app, ["check", "--params", str(twice), "--dvc", str(ROOT / "dvc.yaml")])
+    line = len((ROOT / "params.yaml").read_text().splitlines()) + 1
+    flat = " ".join(r.output.replace("│", "").split())
+    assert r.exit_code == 2 and 'duplicate key "grid"' in flat and f"line {line}," in flat
+    (tmp_path / "m.json").write_text('{"indices": [1, 2], "seed": 0}')
+    r = runner.invoke(app, ["discover", "--manifest", str(tmp_path / "m.json"), "--rate", "0.5",
+                            "--out", str(tmp_path / "d.json"), "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "not a remflow corruption manifest" in r.output and not (tmp_path / "d.json").exists()
+    (tmp_path / "taken").mkdir()
+    r = runner.invoke(app, ["corrupt", "--regularity", "high", "--seed", "0", "--out", str(tmp_path / "taken"),
+                            "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "Is a directory" in r.output and not list((tmp_path / "taken").iterdir())
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, x_train=np.zeros((20, 8, 8), np.uint8), y_train=np.arange(20) % 2,
+             x_test=np.zeros((4, 8, 8), np.uint8), y_test=np.arange(4) % 2)
+    (tmp_path / "cut.npz").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    raw = (ROOT / "params.yaml").read_text().replace("dataset: digits", f"dataset: npz\n  root: {tmp_path / 'cut.npz'}")
+    assert "dataset: npz" in raw
+    (tmp_path / "npz.yaml").write_text(raw)
+    r = runner.invoke(app, ["check", "--params", str(tmp_path / "npz.yaml"), "--dvc", str(ROOT / "dvc.yaml")])
+    flat = "".join(r.output.replace("│", "").split())  # the panel wraps a long path across its lines
+    assert r.exit_code == 2 and "cut.npz" in flat and "BadZipFile" in flat and "unexpected" not in r.output
 
 
 def test_methods_wraps_its_defaults_instead_of_cutting_them():

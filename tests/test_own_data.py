@@ -257,6 +257,16 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class ThreeScores(TinyNet):
+    def __init__(self, in_channels, num_classes):
+        super().__init__(in_channels, 3)
+
+
+class Crashes(TinyNet):
+    def forward(self, x):
+        raise RuntimeError("shapes do not line up")
 """
 
 # the worked example of docs/adding-a-dataset-or-model.md
@@ -328,6 +338,13 @@ def test_plain_module_plugin_runs_methods_without_expansion_and_check_refuses_re
     assert_refused(check(params_file(tmp_path, etd)), "grid.etd_methods.0")
     assert_refused(check(params_file(tmp_path, {**over, "model": {"name": f"{mod}:torch"}})), "model.name",
                    "nn.Module subclass")
+    # what pretraining would find out only after the corrupt, probe and discover stages: check finds it first
+    assert_refused(check(params_file(tmp_path, {**over, "model": {"name": f"{mod}:ThreeScores"}})),
+                   "one score per class", "(2, 3)")
+    assert_refused(check(params_file(tmp_path, {**over, "model": {"name": f"{mod}:TinyNet",
+                                                                   "options": {"hiddn": 8}}})), "model")
+    assert_refused(check(params_file(tmp_path, {**over, "model": {"name": f"{mod}:Crashes"}})),
+                   "fails on a batch", "RuntimeError")
 
 
 def test_every_method_without_expansion_runs_on_a_plain_module(tmp_path, monkeypatch):
@@ -446,6 +463,48 @@ def test_clean_refuses_bad_input_and_writes_nothing(tmp_path):
     assert_refused(clean(tmp_path / "mine.pt", tmp_path / "ok.txt", "rem_ideal"), "--method")
     assert_refused(clean(tmp_path / "mine.pt", tmp_path / "ok.txt", "nosuch"), "--method", "nosuch")
     assert not out.exists()
+    # --out is replaced whole: a file, a folder of the user's, a folder holding an input are refused first
+    (tmp_path / "notes.md").write_text("mine\n")
+    for bad in (tmp_path / "notes.md", tmp_path, tmp_path / "mine.pt"):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        r = invoke("clean", "--model", str(tmp_path / "mine.pt"), "--flagged", str(tmp_path / "ok.txt"),
+                   "--out", str(bad), "--method", "finetune", "--params", str(params))
+        assert_refused(r, "--out")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "notes.md").is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x\n")
+    r = invoke("clean", "--model", str(tmp_path / "mine.pt"), "--flagged", str(tmp_path / "ok.txt"),
+               "--out", str(tmp_path / "other"), "--method", "finetune", "--params", str(params))
+    assert_refused(r, "--out", "keep.txt")
+    assert (tmp_path / "other" / "keep.txt").is_file()
+
+
+def test_clean_reads_a_remflow_discovery_file_in_the_splits_positions(tmp_path):
+    """The pipeline's manifest and discovery files count in the split's training set, a user's list in the
+    reader's: both name the same samples to clean, and a file made on other data is refused."""
+    from remflow import stages
+    from remflow.clean import place_flagged, read_flagged
+
+    npz, poisoned = backdoored_npz(tmp_path / "p.npz", count=8)
+    over = {"data": {"dataset": "npz", "root": str(npz), "val_fraction": 0.2}, "corruption": {"count": 20}}
+    p = validate(params_dict(over))
+    splits = load_splits(p.data)
+    stages.corrupt(p, "low", 0, tmp_path / "m.json")
+    stages.discover(p, tmp_path / "m.json", tmp_path / "d.json", rate=0.5)
+    found = read_json(tmp_path / "d.json", "discovery")["indices"]
+    forget, in_val = place_flagged(read_flagged(tmp_path / "d.json", p, splits), splits, "d.json")
+    assert forget.tolist() == sorted(found) and len(in_val) == 0  # the very samples the pipeline would forget
+    (tmp_path / "reader.txt").write_text("\n".join(str(splits.train_source[i]) for i in found) + "\n")
+    assert read_flagged(tmp_path / "reader.txt", p, splits).tolist() == sorted(splits.train_source[found].tolist())
+    other = load_splits(validate(params_dict({**over, "data": {**over["data"], "split_seed": 1}})).data)
+    with pytest.raises(RemflowError, match="other data"):
+        read_flagged(tmp_path / "d.json", p, other)
+    (tmp_path / "huge.txt").write_text("99999999999999999999999\n")
+    with pytest.raises(RemflowError, match="out of range"):
+        read_flagged(tmp_path / "huge.txt", p, splits)
+    (tmp_path / "bools.json").write_text("[1, true]")
+    with pytest.raises(RemflowError, match="not a training index"):
+        read_flagged(tmp_path / "bools.json", p, splits)
 
 
 def test_clean_takes_image_paths_of_a_folder_dataset(tmp_path):

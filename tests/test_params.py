@@ -48,6 +48,25 @@ def test_rate_outside_unit_interval(rate):
     assert rows[0][0] == "grid.discovery_rates.1"
 
 
+@pytest.mark.parametrize("over, key", [
+    ({"grid": {"discovery_rates": [0.5, True]}}, "grid.discovery_rates.1"),
+    ({"grid": {"seeds": [True]}}, "grid.seeds.0"),
+    ({"corruption": {"count": True}}, "corruption.count"),
+    ({"pretrain": {"lr": False}}, "pretrain.lr"),
+])
+def test_true_or_false_is_no_number(over, key):
+    """YAML reads `yes`/`true` as a boolean, which pydantic alone would take for 1 (a rate of 1.0, a count of 1)."""
+    [(got_key, problem, _)] = problems(over)
+    assert got_key == key and "not true or false" in problem
+
+
+def test_an_infinite_learning_rate_is_refused():
+    [(key, _, _)] = problems({"unlearn": {"lr": float("inf")}})
+    assert key == "unlearn.lr"
+    [(key, problem, _)] = problems({"corruption": {"count": -5}})
+    assert key == "corruption.count" and "at least one sample" in problem
+
+
 def test_unknown_method():
     [(key, problem, got)] = problems({"methods": {"mine": {"method": "remx"}}})
     assert key == "methods.mine" and "unknown method" in problem and "remx" in got and "'rem'" in problem

@@ -185,3 +185,24 @@ def test_every_tracked_runtime_key_is_in_params(project):
 
     runtime = YAML(typ="safe", pure=True).load((project / "params.yaml").read_text())["runtime"]
     assert {k.split(".")[1] for k in RUNTIME_RESULT_KEYS} <= set(runtime)
+
+
+def test_record_refuses_a_folder_that_holds_anything_but_its_own_files(tmp_path):
+    """`check --record` prunes its folder: pointed at a folder of the user's it must refuse, not delete."""
+    from remflow.errors import RemflowError
+    from remflow.params import validate
+
+    (tmp_path / "dvc.yaml").write_text(f"vars:\n  - code: {ROOT / 'remflow'}\nstages: {{}}\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("mine\n")
+    (docs / "other.json").write_text('{"files": {}}\n')  # JSON, but not a fingerprint
+    with pytest.raises(RemflowError, match="folder of its own") as e:
+        codedeps.record(tmp_path, validate(_raw_root_params()), docs)
+    assert e.value.key == "--record" and "notes.md" in str(e.value.got)
+    assert sorted(p.name for p in docs.iterdir()) == ["notes.md", "other.json"]  # nothing written or removed
+    with pytest.raises(RemflowError, match="takes a folder"):
+        codedeps.record(tmp_path, validate(_raw_root_params()), docs / "notes.md")
+    out = tmp_path / "artifacts" / "code"
+    codedeps.record(tmp_path, validate(_raw_root_params()), out)
+    assert codedeps.record(tmp_path, validate(_raw_root_params()), out) == []  # its own files: accepted

@@ -14,6 +14,8 @@ CLI stops with exit code 2 before anything is written.
 
 from __future__ import annotations
 
+import zipfile
+
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +148,7 @@ def read_npz(path: Path):
                 raise RemflowError(f"npz file lacks {', '.join(missing)}", key=str(path), got=sorted(z.files),
                                    hint=f"save it with np.savez(path, {'=..., '.join(ARRAY_KEYS)}=...)")
             arrays = {k: z[k] for k in ARRAY_KEYS}
-    except (OSError, ValueError, EOFError) as e:  # not a zip, truncated, or an object array (pickle refused)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, truncated, or an object array
         raise RemflowError(f"not a readable npz file ({type(e).__name__}: {e})", key=str(path)) from None
     return check_arrays(arrays, str(path))
 

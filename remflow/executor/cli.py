@@ -42,7 +42,10 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=
     if dry:
         for name in report.left:
             print(name)
-        err.print(f"{report.planned} stages would run")
+        later = report.planned - report.changed_now
+        err.print(f"{report.planned} stages would run" + (
+            f": {report.changed_now} changed now; the other {later} depend on them and run only if those write "
+            "other outputs (decided once they have run, as dvc repro decides)" if later > 0 else ""))
         return 0
     _summary(err, report)
     _print_tables(root, report)
@@ -86,6 +89,7 @@ def _last_error(log: str, limit: int = 6) -> list[str]:
         lines = [line.rstrip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return []
+    lines = [line for line in lines if not line.startswith("remflow run: command exited with code")]  # the worker's
     if lines and any(line.startswith("Traceback") for line in lines):
         return lines[-1:]
     return lines[-limit:]

@@ -51,6 +51,7 @@ class Report:
     left: list[str] = field(default_factory=list)  # not run (interrupted)
     restored: list[str] = field(default_factory=list)  # outputs checked out from DVC's run cache, nothing ran
     unchanged: list[str] = field(default_factory=list)  # still up to date once their upstream stages ran
+    changed_now: int = 0  # of `planned`, the stages changed before anything runs (the rest: downstream of them)
     rerun: list[str] = field(default_factory=list)  # ran again after its worker died
     interrupted: bool = False
     workers: int = 0
@@ -211,6 +212,7 @@ def execute(root: Path, opts: Options, view=None) -> Report:
         with timed("status"):
             stages, ups, downs = plan(repo, changed)
         report.planned = len(stages)
+        report.changed_now = len(changed)
         if opts.dry or not stages:
             report.left = [s.addressing for s in stages]
             repo.close()

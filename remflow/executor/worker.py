@@ -149,9 +149,23 @@ def in_process_argv(cmd: str) -> list[str] | None:
     return argv[1:]
 
 
-def _run_remflow(args: list[str]) -> int:
-    import click
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's exception class `name`, and typer's own copy of it (typer 0.29 ships its click as typer._click,
+    whose exceptions are not click's)."""
+    import importlib
 
+    out = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in out:
+            out.append(cls)
+    return tuple(out)
+
+
+def _run_remflow(args: list[str]) -> int:
     from remflow.cli import app
 
     try:
@@ -159,12 +173,12 @@ def _run_remflow(args: list[str]) -> int:
         return int(rc or 0)
     except SystemExit as e:  # typer.Exit in some versions, sys.exit() in user code
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except click.exceptions.Exit as e:
+    except _click_classes("Exit") as e:
         return int(e.exit_code)
-    except click.ClickException as e:
+    except _click_classes("ClickException") as e:  # a usage error: its one-screen message, exit code 2
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except _click_classes("Abort"):
         return 1
     except Exception:  # noqa: BLE001  a failing stage is reported, the worker lives on
         traceback.print_exc()
