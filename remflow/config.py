@@ -369,7 +369,9 @@ class GridCfg(Strict):
     def _variants(self):
         for runs, variant in ((self.methods, "standard"), (self.etd_methods, "etd")):
             if runs and variant not in self.pretrain_variants:
-                raise ValueError(f"pretrain_variants must include '{variant}' to run {', '.join(runs)}")
+                raise CrossError("grid.pretrain_variants", self.pretrain_variants,
+                                 f"must include '{variant}' to run {', '.join(runs)} "
+                                 f"(grid.{'etd_methods' if variant == 'etd' else 'methods'})")
         return self
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -175,7 +176,7 @@ def validate(raw: Any, path: str = "params.yaml", *, light: bool = False) -> Par
     try:
         p = (light_schema() if light else schema()).model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(path, [_describe(err) for err in e.errors()]) from None
+        raise ParamsError(path, _merge_union_branches([_describe(err) for err in e.errors()])) from None
     problems = [] if light else cross_checks(p) + detection_checks(p)
     if problems:
         raise ParamsError(path, problems)
@@ -218,6 +219,8 @@ def _describe(err: dict) -> tuple[str, str, str]:
         return key, f"unknown corruption kind; known: {', '.join(FAMILY)}", _short((err.get("ctx") or {}).get("tag"))
     if kind == "extra_forbidden":
         msg = "unknown key (a typo?)"
+    elif kind == "union_tag_not_found" and cleaned[:1] == ["model"]:
+        return "model.name", "required key is missing: cnn, resnet9, vit, or <module>:<Class> (a plug-in)", ""
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx") or {}
         msg = f"unknown {'model' if cleaned[:1] == ['model'] else 'method'}; known: {ctx.get('expected_tags', '')}"
@@ -227,6 +230,27 @@ def _describe(err: dict) -> tuple[str, str, str]:
     elif kind == "missing":
         msg = "required key is missing"
     return key, msg.removeprefix("Value error, "), _short(err.get("input"))
+
+
+_UNION_BRANCH = re.compile(r"\.(literal\[.*\]|float|int|str|bool|none|constrained-\w+|function-\w+\[.*\])$")
+
+
+def _merge_union_branches(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """A value that fits no member of a union (`value: max` or a number) is one problem at its own key, not one
+    row per member under pydantic's member names (`value.literal['max']`, `value.float`)."""
+    out: list[tuple[str, str, str]] = []
+    where: dict[str, int] = {}
+    for key, problem, got in rows:
+        base = _UNION_BRANCH.sub("", key)
+        if base == key:
+            out.append((key, problem, got))
+        elif base in where:
+            k, p, g = out[where[base]]
+            out[where[base]] = (k, f"{p}, or {problem[0].lower()}{problem[1:]}", g)
+        else:
+            where[base] = len(out)
+            out.append((base, problem, got))
+    return out
 
 
 def _is_method_tag(part: str) -> bool:

@@ -44,6 +44,9 @@ def _key(entry: str) -> str:
 
 def _declared(params_list, stage: str, dvc_path: Path) -> set[str]:
     keys = set()
+    if params_list is not None and not isinstance(params_list, list):
+        raise RemflowError(f"stage '{stage}': `params:` must be a list of keys", key=f"{dvc_path}: stages.{stage}.params",
+                           got=params_list)
     for entry in params_list or []:
         if isinstance(entry, str):
             keys.add(_key(entry))
@@ -72,6 +75,8 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
     also that every key a stage tracks is written in that file: DVC runs such a stage and then refuses to record
     it ("Parameters ... are missing"), so a section left to its defaults must still be there."""
     dvc_path = Path(dvc_path)
+    if not dvc_path.is_file():  # read_yaml's own message speaks of the params file
+        raise RemflowError("pipeline file not found", key=str(dvc_path), hint="pass --dvc PATH to the dvc.yaml")
     spec = read_yaml(dvc_path)
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), dict):
         raise RemflowError("no `stages:` mapping", key=str(dvc_path))

@@ -440,17 +440,31 @@ def read_results(paths: list[Path]) -> list[dict]:
             raise RemflowError("results file not found", key=str(path), hint="run `dvc repro` first")
         try:
             _check_csv_shape(path)
-            part = read_csv(path)
-            missing = needed - set(part[0] if part else {})
+            with open(path, newline="") as f:
+                header = set(next(csv.reader(f), []))
+            if "base_method" in header:  # written before the run/method rename: `method` names the run
+                header.add("run")
+            missing = needed - header
             if missing:
                 raise KeyError("missing columns " + ", ".join(sorted(missing)))
+            part = read_csv(path)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
             raise RemflowError(f"cannot read the results file ({type(e).__name__}: {e})", key=str(path),
                                hint="pass a reports/results.csv written by `remflow evaluate`") from None
-        for r in part:
+        if not part:
+            raise RemflowError("the results file has no rows", key=str(path),
+                               hint="pass a reports/results.csv written by `remflow evaluate`")
+        for n, r in enumerate(part, 2):  # line numbers: the header is line 1
+            blank = [k for k in ("run", "regularity", "healed", "utility", "discovery_rate")
+                     if r[k] in ("", None) or r[k] != r[k]]
+            if blank:
+                raise RemflowError("a row lacks what every table reads", key=f"{path}:{n}",
+                                   got=f"empty {', '.join(blank)}",
+                                   hint="pass a reports/results.csv written by `remflow evaluate`")
             key = (r["run"], r["regularity"], r["corruption"], r["discovery_rate"], r["seed"])
             if key in seen:
-                raise RemflowError(f"the same run is in two results files: {seen[key]} and {path}", key=str(path),
+                where = "twice in" if seen[key] == path else f"in two results files: {seen[key]} and"
+                raise RemflowError(f"the same run is {where} {path}", key=str(path),
                                    got=f"{key[0]} {key[2]} rate {key[3]:g} seed {key[4]}",
                                    hint="pool files of disjoint grids (other seeds, regularities or rates)")
             seen[key] = path

@@ -67,6 +67,17 @@ def test_an_infinite_learning_rate_is_refused():
     assert key == "corruption.count" and "at least one sample" in problem
 
 
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem_at_its_key():
+    [(key, problem, got)] = problems({"corruption": {"backdoor": {"value": "min"}}})
+    assert key == "corruption.backdoor.value" and "'max'" in problem and "number" in problem and got == "'min'"
+    raw = root_params()
+    raw["model"] = {"width": 16}
+    [(key, problem, _)] = problems(raw)
+    assert key == "model.name" and "missing" in problem and "resnet9" in problem
+    [(key, problem, got)] = problems({"grid": {"etd_methods": ["rem"], "pretrain_variants": ["standard"]}})
+    assert key == "grid.pretrain_variants" and "'etd'" in problem and got == "['standard']"
+
+
 def test_unknown_method():
     [(key, problem, got)] = problems({"methods": {"mine": {"method": "remx"}}})
     assert key == "methods.mine" and "unknown method" in problem and "remx" in got and "'rem'" in problem
@@ -86,7 +97,7 @@ def test_grid_method_needs_an_entry():
 
 def test_etd_methods_need_etd_pretraining():
     rows = problems({"grid": {"etd_methods": ["rem"], "pretrain_variants": ["standard"]}, "methods": {"rem": {}}})
-    assert rows[0][0] == "grid" and "etd" in rows[0][1]
+    assert rows[0][0] == "grid.pretrain_variants" and "etd" in rows[0][1]
 
 
 def test_corruption_count_is_a_count_or_a_fraction():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -115,6 +117,28 @@ def test_evaluate_prints_every_format_from_a_csv(rows, tmp_path):
     assert r.exit_code == 0 and "Utility×Healed" in r.output and "rem" in r.output
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--run", "nope"])
     assert r.exit_code == 2 and "--run" in r.output
+
+
+@pytest.mark.parametrize("damage, needle", [("header_only", "no rows"), ("empty_utility", "empty utility"),
+                                            ("empty_run", "empty run"), ("twice", "twice in")])
+def test_a_results_file_that_reads_but_cannot_be_trusted_is_refused(rows, tmp_path, damage, needle):
+    path = tmp_path / "r.csv"
+    lines = report.csv_text(rows).splitlines()
+    header = lines[0].split(",")
+    if damage == "header_only":
+        lines = lines[:1]
+    elif damage == "twice":
+        lines = lines + lines[1:2]
+    else:
+        row = next(csv.reader([lines[1]]))
+        row[header.index(damage.split("_")[1])] = ""
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(row)
+        lines[1] = buf.getvalue()
+    path.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(app, ["evaluate", "--from-csv", str(path)])
+    assert r.exit_code == 2, r.output
+    assert needle in " ".join(r.output.replace("│", "").split()) and "missing columns" not in r.output
 
 
 @pytest.mark.parametrize("damage", ["truncated", "no_columns", "bad_number", "binary"])
