@@ -347,6 +347,13 @@ def _plain_state(path: Path) -> dict:
             return load(path.read_bytes())
         except (SafetensorError, ValueError, OSError) as e:
             raise RemflowError(f"not a safetensors file ({e})", key=str(path)) from None
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch.save writes a zip (or, legacy, a pickle)
+        raise RemflowError("not a PyTorch checkpoint (torch.save writes a zip archive)", key=str(path),
+                           hint="save it with torch.save(model.state_dict(), path), or pass a .safetensors file")
     try:  # weights only: a checkpoint from elsewhere cannot run code here
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a foreign or truncated file

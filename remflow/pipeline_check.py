@@ -144,9 +144,17 @@ def check_data(p) -> list[str]:
     drawn: dict[int, list[float]] = {}
     for rate in p.grid.discovery_rates:
         drawn.setdefault(max(1, int(round(rate * n))), []).append(rate)
-    return [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
-            f"cells run on the same D_f (raise corruption.count to tell them apart)"
-            for k, rates in drawn.items() if len(rates) > 1]
+    notes = [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
+             f"cells run on the same D_f (raise corruption.count to tell them apart)"
+             for k, rates in drawn.items() if len(rates) > 1]
+    if p.data.dataset == "digits" and p.data.root:
+        notes.append(f"data.root ({p.data.root}) is not read: digits comes from scikit-learn's wheel")
+    import torch
+
+    if p.runtime.device == "cuda" and not torch.cuda.is_available():
+        notes.append("runtime.device is cuda and this machine has no CUDA device: every training stage run here "
+                     "will refuse (a cluster's GPU nodes may have one)")
+    return notes
 
 
 def check_model(cfg, splits) -> None:

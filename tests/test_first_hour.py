@@ -184,6 +184,20 @@ def test_check_explains_a_zero_count_and_notes_rates_that_draw_the_same_set(tmp_
     assert "draw the same" in r.output
 
 
+def test_check_notes_a_root_digits_ignores_and_cuda_this_machine_lacks(tmp_path):
+    import torch
+
+    raw = (ROOT / "params.yaml").read_text().replace("dataset: digits", "dataset: digits\n  root: /data/digits")
+    raw = raw.replace("device: cpu", "device: cuda")
+    assert "root: /data/digits" in raw and "device: cuda" in raw
+    (tmp_path / "params.yaml").write_text(raw)
+    r = _check(tmp_path / "params.yaml")
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "data.root (/data/digits) is not read" in flat
+    assert ("no CUDA device" in flat) != torch.cuda.is_available()
+
+
 def test_check_refuses_a_count_beyond_the_training_set(tmp_path):
     r = _check(_with_count(tmp_path, 100000))
     assert r.exit_code == 2

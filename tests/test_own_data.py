@@ -187,6 +187,11 @@ def _npz_missing_key(tmp: Path) -> tuple[dict, str]:
     return {"dataset": "npz", "root": str(path)}, str(path)
 
 
+def _npz_text(tmp: Path) -> tuple[dict, str]:
+    (tmp / "d.npz").write_text("x_train,y_train\n1,2\n")  # a CSV saved under the wrong name
+    return {"dataset": "npz", "root": str(tmp / "d.npz")}, str(tmp / "d.npz")
+
+
 @pytest.mark.parametrize("case,needle", [
     (lambda t: ({"dataset": "folder", "root": str(t / "nowhere")}, str(t / "nowhere")), "dataset folder not found"),
     (lambda t: ({"dataset": "npz", "root": str(t / "none.npz")}, str(t / "none.npz")), "npz file not found"),
@@ -197,8 +202,9 @@ def _npz_missing_key(tmp: Path) -> tuple[dict, str]:
     (_label_out_of_range, "label out of range"),
     (_npz_mixed_channels, "mixed channel counts"),
     (_npz_missing_key, "lacks y_test"),
+    (_npz_text, "not an npz file"),
 ], ids=["missing-folder", "missing-npz", "empty-class", "one-class", "mixed-channels", "sizes-differ",
-        "label-out-of-range", "npz-mixed-channels", "npz-missing-key"])
+        "label-out-of-range", "npz-mixed-channels", "npz-missing-key", "npz-text"])
 def test_bad_own_data_exits_2_naming_the_path_and_writes_nothing(tmp_path, case, needle):
     data, path = case(tmp_path)
     params = params_file(tmp_path, {"data": data})
@@ -454,6 +460,8 @@ def test_clean_refuses_bad_input_and_writes_nothing(tmp_path):
                       "--method", method, "--params", str(params))
 
     assert_refused(clean(tmp_path / "bad.pt", tmp_path / "ok.txt"), "not a state dict", str(tmp_path / "bad.pt"))
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    assert_refused(clean(tmp_path / "notes.pt", tmp_path / "ok.txt"), "not a PyTorch checkpoint")
     from remflow.models.cnn import SmallCNN
 
     torch.save(SmallCNN(1, 10, 8).state_dict(), tmp_path / "wide.pt")  # width 8, params say 4
