@@ -11,10 +11,12 @@ order given, its corruption and probe, its original models, then its runs rate b
 before the next rate. When the budget is spent no new stage starts; the running ones finish, or are stopped at
 `--deadline`. Written to --out:
 
-- stage_times.csv: one row a stage (kind, run, variant, regularity, rate, seed, seconds in the stage function,
-  wall seconds of its process, stages running when it started, status);
-- results.csv: one row per finished unlearning run, remflow evaluate's columns (pool such files with
-  `remflow evaluate --from-csv`);
+- stage_times.csv, written as stages end: one row a stage (kind, run, variant, regularity, rate, seed, seconds
+  in the stage function, wall seconds of its process, when it started and ended, stages running when it
+  started, status);
+- results.csv: one row per unlearning run finished in this invocation, remflow evaluate's columns (pool such
+  files with `remflow evaluate --from-csv`; not written when no run finished);
+- params.yaml: the params that ran (the slice and the overrides applied), what bench/grid_time.py prices from;
 - summary.txt: the stage times by kind and, where runs of a cell finished, the runs' Utility x Healed.
 """
 
@@ -33,8 +35,8 @@ from queue import Empty
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-STAGE_FIELDS = ["kind", "run", "variant", "regularity", "rate", "seed", "seconds", "wall_seconds", "running_at_start",
-                "status"]
+STAGE_FIELDS = ["kind", "run", "variant", "regularity", "rate", "seed", "seconds", "wall_seconds", "started", "ended",
+                "running_at_start", "status"]
 
 
 def parse(argv=None):
@@ -79,8 +81,9 @@ def load(args) -> dict:
         g["methods"] = listed(args.methods, str)
     if args.etd_methods is not None:
         g["etd_methods"] = listed(args.etd_methods, str)
-    if not g.get("etd_methods"):
-        g["pretrain_variants"] = ["standard"]
+    # only the originals the slice's runs need (a slice of ETD runs alone trains no standard original)
+    g["pretrain_variants"] = [v for v, runs in (("standard", g.get("methods")), ("etd", g.get("etd_methods")))
+                              if runs]
     if args.root is not None:
         raw["data"]["root"] = str(Path(args.root).resolve())
     for item in args.set:
@@ -177,97 +180,129 @@ def _child(raw: dict, work: str, job: Job, queue) -> None:
 
 
 def schedule(raw: dict, jobs: list[Job], work: Path, workers: int, budget: float, deadline: float,
-             log=print) -> list[dict]:
-    """Run `jobs` respecting their needs, `workers` at once, each in a fresh process; returns one row per stage
-    that started (and one per stage that could not: status `not started`)."""
+             log=print, sink=None) -> list[dict]:
+    """Run `jobs` respecting their needs, `workers` at once, each in a fresh process; returns one row per job
+    (in the plan's order), each also handed to `sink` as soon as it is final (stage_times.csv is written as the
+    run goes, so a run killed from outside keeps what finished). `started`/`ended`: seconds from the start."""
     ctx = mp.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
     queue = ctx.Queue()
     t_start = time.monotonic()
     done: dict[tuple, str] = {}
-    running: dict[int, tuple[Job, mp.Process, float, int]] = {}
+    running: dict[int, list] = {}  # order -> [job, process, started, running at start, Empty cycles seen dead]
     pending = sorted(jobs)
     rows: dict[int, dict] = {}
 
-    def row(job, **kw):
-        return {"kind": job.kind, "run": job.run, "variant": job.variant, "regularity": job.regularity,
-                "rate": "" if job.rate is None else job.rate, "seed": job.seed, **kw}
+    def clock() -> float:
+        return time.monotonic() - t_start
+
+    def final(job, status, seconds=None, started=None, n=""):
+        rows[job.order] = {"kind": job.kind, "run": job.run, "variant": job.variant, "regularity": job.regularity,
+                           "rate": "" if job.rate is None else job.rate, "seed": job.seed,
+                           "seconds": "" if seconds is None else f"{seconds:.2f}",
+                           "wall_seconds": "" if started is None else f"{clock() - started:.2f}",
+                           "started": "" if started is None else f"{started:.2f}",
+                           "ended": "" if started is None else f"{clock():.2f}", "running_at_start": n,
+                           "status": status}
+        done[job.name] = "ok" if status == "ok" else status.split(":")[0]
+        if sink is not None:
+            sink(rows[job.order])
+
+    def stop(proc) -> None:
+        proc.join(10)  # a child that reported and hangs on its way out (a CUDA teardown) is not waited for
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def received(order, status, seconds) -> None:
+        entry = running.pop(order, None)
+        if entry is None:  # already counted as dead: its late message changes nothing
+            return
+        job, proc, started, n, _ = entry
+        stop(proc)
+        final(job, status, seconds, started, n)
+        log(f"[{clock():7.1f}s] {status.split(':')[0]:>6} {job.kind} {job.run or job.variant} "
+            f"{job.regularity} seed {job.seed}" + ("" if job.rate is None else f" rate {job.rate}")
+            + ("" if seconds is None else f": {seconds:.1f} s ({n} running)") + ("" if status == "ok" else f" ({status})"))
 
     while pending or running:
-        now = time.monotonic() - t_start
-        if now < budget:
+        if clock() < budget:
             for job in list(pending):
                 if len(running) >= workers:
                     break
                 if any(done.get(n) not in (None, "ok") for n in job.needs):
                     pending.remove(job)
-                    done[job.name] = "skipped"
-                    rows[job.order] = row(job, seconds="", wall_seconds="", running_at_start="",
-                                          status="skipped: a stage it needs failed")
+                    final(job, "skipped: a stage it needs did not finish")
                     continue
                 if all(done.get(n) == "ok" for n in job.needs):
                     proc = ctx.Process(target=_child, args=(raw, str(work), job, queue), daemon=True)
                     proc.start()
-                    running[job.order] = (job, proc, time.monotonic(), len(running) + 1)
+                    running[job.order] = [job, proc, clock(), len(running) + 1, 0]
                     pending.remove(job)
         elif pending:
             for job in pending:
-                rows[job.order] = row(job, seconds="", wall_seconds="", running_at_start="",
-                                      status="not started: budget spent")
+                final(job, "not started: budget spent")
             pending = []
         if not running:
-            if pending and now < budget:  # nothing can start: a need is missing (a bug in plan())
+            if pending and clock() < budget:  # nothing can start: a need is missing (a bug in plan())
                 raise RuntimeError(f"stuck: {[j.name for j in pending][:3]}")
             continue
-        if time.monotonic() - t_start > deadline:
-            for order, (job, proc, t0, n) in running.items():
+        if clock() > deadline:
+            while True:  # what already reported counts as finished
+                try:
+                    received(*queue.get_nowait())
+                except Empty:
+                    break
+            for job, proc, started, n, _ in list(running.values()):
                 proc.terminate()
-                rows[order] = row(job, seconds="", wall_seconds=f"{time.monotonic() - t0:.1f}",
-                                  running_at_start=n, status="stopped at the deadline")
-                done[job.name] = "stopped"
+                final(job, "stopped at the deadline", None, started, n)
+            for _, proc, *_ in running.values():
+                stop(proc)
             running.clear()
             for job in pending:
-                rows[job.order] = row(job, seconds="", wall_seconds="", running_at_start="",
-                                      status="not started: deadline")
+                final(job, "not started: deadline")
             pending = []
             continue
         try:
-            order, status, seconds = queue.get(timeout=1.0)
+            received(*queue.get(timeout=1.0))
         except Empty:
-            for order, (job, proc, t0, n) in list(running.items()):  # a child that died without reporting
-                if not proc.is_alive() and proc.exitcode not in (0, None):  # (killed for memory, say)
-                    rows[order] = row(job, seconds="", wall_seconds=f"{time.monotonic() - t0:.1f}",
-                                      running_at_start=n, status=f"failed: exit code {proc.exitcode}")
-                    done[job.name] = "failed"
+            for order, entry in list(running.items()):  # a child that died without reporting (killed for
+                job, proc, started, n, seen = entry      # memory, say): dead through two quiet seconds
+                if proc.is_alive():
+                    continue
+                if seen:
                     del running[order]
-            continue
-        job, proc, t0, n = running.pop(order)
-        proc.join()
-        wall = time.monotonic() - t0
-        rows[order] = row(job, seconds="" if seconds is None else f"{seconds:.2f}", wall_seconds=f"{wall:.2f}",
-                          running_at_start=n, status=status)
-        done[job.name] = "ok" if status == "ok" else "failed"
-        log(f"[{time.monotonic() - t_start:7.1f}s] {status:>6} {job.kind} {job.run or job.variant} "
-            f"{job.regularity} seed {job.seed}" + ("" if job.rate is None else f" rate {job.rate}")
-            + ("" if seconds is None else f": {seconds:.1f} s ({n} running)"))
+                    final(job, f"failed: exited with code {proc.exitcode} without reporting", None, started, n)
+                else:
+                    entry[4] = 1
     return [rows[k] for k in sorted(rows)]
 
 
-def result_rows(work: Path, jobs: list[Job]) -> list[dict]:
-    """remflow evaluate's rows for every finished unlearning run of `jobs` under `work` (a slice: no cell is
-    required), in the plan's order."""
+def result_rows(work: Path, jobs: list[Job], stage_rows: list[dict]) -> list[dict]:
+    """remflow evaluate's rows for the unlearning runs that finished in this invocation (a slice: no cell is
+    required; a record left in --work by an earlier one is not read), in the plan's order. A run whose probe did
+    not finish gets no measured regularity (NaN) rather than costing the other rows."""
+    from remflow.errors import RemflowError
     from remflow.evaluate import _regularity
     from remflow.io import file_digest, read_json
     from remflow.records import row_of
 
+    ok = {(r["kind"], r["run"], r["variant"], r["regularity"], str(r["rate"]), r["seed"])
+          for r in stage_rows if r["status"] == "ok"}
     rows, probes = [], {}
     for job in jobs:
-        rec_path = paths(work, job)["run"] / "record.json"
-        if job.kind != "unlearn" or not rec_path.is_file():
+        if job.kind != "unlearn" or (job.kind, job.run, job.variant, job.regularity, str(job.rate), job.seed) not in ok:
             continue
+        rec_path = paths(work, job)["run"] / "record.json"
         rec = read_json(rec_path, "run record")
         manifest = rec["inputs"]["manifest"]
-        rows.append(row_of(rec, rec_path.parent, _regularity(work / "artifacts" / "probe", manifest,
-                                                             file_digest(manifest), probes)))
+        try:
+            score = _regularity(work / "artifacts" / "probe", manifest, file_digest(manifest), probes)
+        except RemflowError:
+            score = float("nan")
+        rows.append(row_of(rec, rec_path.parent, score))
     return rows
 
 
@@ -298,27 +333,38 @@ def summary_text(stage_rows: list[dict], rows: list[dict], workers: int) -> str:
 
 def main(argv=None) -> None:
     args = parse(argv)
+    if args.workers < 1:
+        raise SystemExit("--workers must be 1 or more")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "work"
     raw = load(args)
+    from ruamel.yaml import YAML
+
+    from remflow import report
     from remflow.params import validate
 
     p = validate(raw)  # bad params stop here, before any stage
+    with open(out / "params.yaml", "w") as f:  # what ran, overrides and slice included (bench/grid_time.py)
+        YAML(typ="safe", pure=True).dump(raw, f)
     jobs = plan(p)
     deadline = args.deadline if args.deadline is not None else args.budget + 120
     print(f"{len(jobs)} stages, {args.workers} at once, budget {args.budget:.0f} s, deadline {deadline:.0f} s",
           flush=True)
-    stage_rows = schedule(raw, jobs, work, args.workers, args.budget, deadline,
-                          log=lambda s: print(s, flush=True))
     with open(out / "stage_times.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=STAGE_FIELDS)
         w.writeheader()
-        w.writerows(stage_rows)
-    from remflow import report
+        f.flush()
 
-    rows = result_rows(work, jobs)
-    (out / "results.csv").write_text(report.csv_text(rows) if rows else "")
+        def sink(row):
+            w.writerow(row)
+            f.flush()
+
+        stage_rows = schedule(raw, jobs, work, args.workers, args.budget, deadline,
+                              log=lambda s: print(s, flush=True), sink=sink)
+    rows = result_rows(work, jobs, stage_rows)
+    if rows:
+        (out / "results.csv").write_text(report.csv_text(rows))
     text = summary_text(stage_rows, rows, args.workers)
     (out / "summary.txt").write_text(text)
     print(text, flush=True)

@@ -219,7 +219,8 @@ def read_flagged(path: str | Path, params: ParamsBase, splits: Splits) -> np.nda
     names = _folder_names(params) if params.data.dataset == "folder" else None
     out = []
     for n, e in zip(lines, entries):
-        if (isinstance(e, int) and not isinstance(e, bool)) or (isinstance(e, str) and e.lstrip("-").isdigit()):
+        if (isinstance(e, int) and not isinstance(e, bool)) or (isinstance(e, str) and e.lstrip("-").isdecimal()
+                                                                   and e.isascii()):
             out.append(_index(e, f"{path}:{n}"))
         elif names is not None and isinstance(e, str):
             out.append(_by_name(e, names, f"{path}:{n}"))

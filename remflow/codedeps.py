@@ -271,14 +271,18 @@ def fingerprints(params, mdir: Path) -> dict[str, dict]:
 
 
 def _is_fingerprint(path: Path) -> bool:
-    """A file `record` writes: a JSON object naming its code root and the files (and definitions) it hashes."""
+    """A file `record` writes: a JSON object naming the files (and definitions) it hashes for a run or command, or
+    the temporary file of one that an interrupted write left (`.<name>.json.<random>.tmp`, remflow.io)."""
+    if path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp") and ".json." in path.name:
+        return True
     if not path.is_file() or path.suffix != ".json":
         return False
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(d, dict) and isinstance(d.get("files"), dict) and "code" in d and ("method" in d or "command" in d)
+    # no "code" key required: fingerprints of earlier remflow versions lack it, and are remflow's to rewrite
+    return isinstance(d, dict) and isinstance(d.get("files"), dict) and ("method" in d or "command" in d)
 
 
 def record(root: Path, params, folder: Path) -> list[str]:

@@ -28,7 +28,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would outlive the rename
+        with contextlib.suppress(OSError, AttributeError):  # a mount without modes, or no fchmod: as it is
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would outlive the rename
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -76,7 +77,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp's 0700 would outlive the rename
+        with contextlib.suppress(OSError):
+            tmp.chmod(0o777 & ~_UMASK)  # mkdtemp's 0700 would outlive the rename
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

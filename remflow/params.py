@@ -237,19 +237,23 @@ _UNION_BRANCH = re.compile(r"\.(literal\[.*\]|float|int|str|bool|none|constraine
 
 def _merge_union_branches(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     """A value that fits no member of a union (`value: max` or a number) is one problem at its own key, not one
-    row per member under pydantic's member names (`value.literal['max']`, `value.float`)."""
-    out: list[tuple[str, str, str]] = []
-    where: dict[str, int] = {}
-    for key, problem, got in rows:
+    row per member under pydantic's member names (`value.literal['max']`, `value.float`). Only rows that share
+    the key before such a name and the value given are merged, never a run named like one (`methods.none`)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (key, _, got) in enumerate(rows):
         base = _UNION_BRANCH.sub("", key)
-        if base == key:
+        if base != key and not base.startswith("methods.") and base != "methods":
+            groups.setdefault((base, got), []).append(i)
+    merged = {i: g for g in groups.values() if len(g) > 1 for i in g}
+    out = []
+    for i, (key, problem, got) in enumerate(rows):
+        g = merged.get(i)
+        if g is None:
             out.append((key, problem, got))
-        elif base in where:
-            k, p, g = out[where[base]]
-            out[where[base]] = (k, f"{p}, or {problem[0].lower()}{problem[1:]}", g)
-        else:
-            where[base] = len(out)
-            out.append((base, problem, got))
+        elif i == g[0]:
+            problems = [rows[j][1] for j in g]
+            text = problems[0] + "".join(f", or {p[0].lower()}{p[1:]}" for p in problems[1:])
+            out.append((_UNION_BRANCH.sub("", key), text, got))
     return out
 
 

@@ -206,3 +206,5 @@ def test_record_refuses_a_folder_that_holds_anything_but_its_own_files(tmp_path)
     out = tmp_path / "artifacts" / "code"
     codedeps.record(tmp_path, validate(_raw_root_params()), out)
     assert codedeps.record(tmp_path, validate(_raw_root_params()), out) == []  # its own files: accepted
+    (out / ".rem.json.k3j2h1.tmp").write_text("{")  # what an interrupted write leaves: its own, pruned
+    assert codedeps.record(tmp_path, validate(_raw_root_params()), out) == [".rem.json.k3j2h1.tmp"]

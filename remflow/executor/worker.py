@@ -155,7 +155,7 @@ def _click_classes(name: str) -> tuple[type, ...]:
     import importlib
 
     out = []
-    for module in ("click.exceptions", "typer._click.exceptions"):
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
         try:
             cls = getattr(importlib.import_module(module), name, None)
         except ImportError:
