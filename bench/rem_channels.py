@@ -102,20 +102,10 @@ def view_row(task, model, route_for=None) -> dict:
 def relearned(model, task, params, seed: int):
     """A copy of the deployed model after the clean relearning attack (remflow.robustness's, same seed)."""
     from remflow import robustness as rb
-    from remflow.seeds import derive_seed
-    from remflow.train import make_optimizer
 
     cfg = params.robustness
-    recipe = rb.attack_recipe(cfg, params.pretrain)
-    steps = rb.attack_steps(cfg, params.pretrain, task)
-    net = rb._attack_copy(model)
-    opt = make_optimizer(net.parameters(), recipe)
-    gen = task.generator(derive_seed(seed, rb._STREAM, "relearn-data"))
-    batches = rb._endless(task, rb._clean_indices(task), recipe.batch_size, gen)
-    for _ in range(steps):
-        b = next(batches)
-        rb._step(net, opt, b.x, b.y)
-    return net
+    return rb.relearned_copy(model, task, rb.attack_recipe(cfg, params.pretrain),
+                             rb.attack_steps(cfg, params.pretrain, task), seed)
 
 
 def cell_rows(params, splits, work: Path, reg: str, rate: float, seed: int) -> list[dict]:

@@ -105,12 +105,9 @@ def _attack_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def clean_relearning(model: nn.Module, task: Task, recipe: Recipe, steps: int, seed: int,
-                     eval_batch_size: int = 2048) -> dict[str, float]:
-    """Fine-tune a copy of `model` on the clean training data outside D_c for `steps` steps of `recipe`."""
-    from remflow.metrics import evaluate_model
-
-    before = _healed(model, task, task.corrupted, eval_batch_size)
+def relearned_copy(model: nn.Module, task: Task, recipe: Recipe, steps: int, seed: int) -> nn.Module:
+    """A copy of `model` after the clean relearning attack: `steps` steps of `recipe` on the clean training data
+    outside D_c (`model` itself is left as it was)."""
     net = _attack_copy(model)
     opt = make_optimizer(net.parameters(), recipe)
     gen = task.generator(derive_seed(seed, _STREAM, "relearn-data"))
@@ -118,6 +115,16 @@ def clean_relearning(model: nn.Module, task: Task, recipe: Recipe, steps: int, s
     for _ in range(steps):
         b = next(batches)
         _step(net, opt, b.x, b.y)
+    return net
+
+
+def clean_relearning(model: nn.Module, task: Task, recipe: Recipe, steps: int, seed: int,
+                     eval_batch_size: int = 2048) -> dict[str, float]:
+    """Healed and Utility of `model` after the clean relearning attack (relearned_copy)."""
+    from remflow.metrics import evaluate_model
+
+    before = _healed(model, task, task.corrupted, eval_batch_size)
+    net = relearned_copy(model, task, recipe, steps, seed)
     after = evaluate_model(net, task, eval_batch_size)
     return {"relearn_healed": after["healed"], "relearn_drop": before - after["healed"],
             "relearn_utility": after["utility"], "relearn_steps": float(steps)}

@@ -202,7 +202,7 @@ def _npz_text(tmp: Path) -> tuple[dict, str]:
     (_label_out_of_range, "label out of range"),
     (_npz_mixed_channels, "mixed channel counts"),
     (_npz_missing_key, "lacks y_test"),
-    (_npz_text, "not an npz file"),
+    (_npz_text, "not a whole zip archive"),
 ], ids=["missing-folder", "missing-npz", "empty-class", "one-class", "mixed-channels", "sizes-differ",
         "label-out-of-range", "npz-mixed-channels", "npz-missing-key", "npz-text"])
 def test_bad_own_data_exits_2_naming_the_path_and_writes_nothing(tmp_path, case, needle):

@@ -142,7 +142,8 @@ def read_npz(path: Path):
         raise RemflowError("npz file not found", key=str(path), got="data.root",
                            hint=f"data.root must be an .npz file holding {', '.join(ARRAY_KEYS)}")
     if not zipfile.is_zipfile(path):  # np.load would take it for a pickle (or a lone .npy) and say so
-        raise RemflowError("not an npz file (an npz is a zip archive of arrays)", key=str(path),
+        raise RemflowError("not a readable npz file: not a whole zip archive (truncated, or another format)",
+                           key=str(path),
                            hint=f"save it with np.savez(path, {'=..., '.join(ARRAY_KEYS)}=...)")
     try:
         with np.load(path, allow_pickle=False) as z:
