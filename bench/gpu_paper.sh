@@ -7,7 +7,9 @@
 #      (bench/throughput.py; airbench's published CIFAR-10 figure for scale: 94% in about 3.8 s on one A100,
 #      about 10 epochs of 50000 images, some 130000 images/s);
 #   3. a slice of pipelines/fashion-mnist-paper at full scale, several runs at once on the card, each stage timed
-#      (bench/gpu_paper.py: stage_times.csv, results.csv, summary.txt).
+#      (bench/gpu_paper.py: stage_times.csv, params.yaml, results.csv, summary.txt);
+#   4. the time of the paper's whole CIFAR-10 grid on this card, priced from those stage times
+#      (bench/grid_time.py; TRAIN_IMAGES: the measured and the target training set's sizes).
 # Overrides (tests/test_gpu_paper.py runs it so on the CPU): SLICE, the slice's flags; PARAMS, the suite's
 # params file; DATA, the idx files' folder; WHEELS, the wheels' folder; WORK, the models' folder; THROUGHPUT,
 # flags appended to the throughput step's.
@@ -49,5 +51,9 @@ else:
   # shellcheck disable=SC2086
   timeout 420 python3 bench/gpu_paper.py --params "$PARAMS" --root "$DATA" $SLICE --work "${WORK:-/tmp/gpu-paper-work}" \
     --out "$OUT"
+  echo "== the paper's CIFAR-10 grid on this card, priced from these stage times (bench/grid_time.py)"
+  # shellcheck disable=SC2086
+  timeout 60 python3 bench/grid_time.py "$OUT/stage_times.csv" --measured "$OUT/params.yaml" \
+    --target pipelines/cifar10-resnet9/params.yaml --train-images ${TRAIN_IMAGES:-58800 49000}
   echo "== done"
 } 2>&1 | tee "$OUT/log.txt"

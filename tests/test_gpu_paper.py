@@ -59,6 +59,13 @@ def test_a_slice_runs_its_stages_in_parallel_and_writes_rows_and_times(tmp_path,
     assert all(0 <= float(r["healed"]) <= 1 and 0 <= float(r["utility"]) <= 1 for r in rows)
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "pretrain standard" in summary and "rem_etd" in summary
+    # the stage times price the paper's grid: each stage's share of the card, from when it started and ended
+    priced = subprocess.run([sys.executable, str(ROOT / "bench" / "grid_time.py"), "out/stage_times.csv",
+                             "--measured", "out/params.yaml", "--target",
+                             str(ROOT / "pipelines" / "cifar10-resnet9" / "params.yaml"), "--train-images", "360",
+                             "49000"], cwd=tmp_path, capture_output=True, text=True)
+    assert priced.returncode == 0, priced.stderr
+    assert "2628 stages" in priced.stdout and "share of the card" in priced.stdout
 
 
 def test_a_spent_budget_starts_nothing_and_says_so(tmp_path, paper_params):
@@ -87,7 +94,8 @@ def test_the_gpu_script_runs_its_steps_and_leaves_its_files_in_out(tmp_path, pap
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:]
     log = (tmp_path / "out" / "log.txt").read_text()
-    steps = ["== card", "== CUDA path", "== throughput", "== pipelines/fashion-mnist-paper", "== done"]
+    steps = ["== card", "== CUDA path", "== throughput", "== pipelines/fashion-mnist-paper", "== the paper's",
+             "== done"]
     assert [log.index(s) for s in steps] == sorted(log.index(s) for s in steps)
     assert "images/s" in log and "9 stages" in log
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"log.txt", "stage_times.csv", "params.yaml",
