@@ -4,8 +4,9 @@ Runs REM on the same cells (corrupted set, D_f, seed) once per variant and repor
 Healed, Utility and Utility x Healed and the paired difference of Utility x Healed against the faithful
 default with a 95% bootstrap interval (scipy.stats.bootstrap, paired resampling over the cells x seeds).
 
-    python bench/rem_divergences.py --regularity high --seeds 0 1 --csv docs/results/rem-divergences/digits-high.csv
-    python bench/rem_divergences.py --from-csv docs/results/rem-divergences/digits-high.csv
+    python bench/rem_divergences.py --regularity high --seeds 0 1 --csv divergences-high.csv
+    python bench/rem_divergences.py --from-csv divergences-high.csv      # the table again, from the rows
+    python bench/rem_divergences.py --from-csv docs/results/rem-divergences/digits-full-high.csv   # the committed one
 
 `--params` picks the suite (default: the root digits suite); the variants override only what they name.
 """

@@ -8,31 +8,50 @@ the suite's own runs (no separate timing loop).
 
     remflow run                                   # a suite with robustness.enabled: true
     python bench/robustness_cost.py runs          # or pipelines/<suite>/runs
+    python bench/robustness_cost.py reports/results.csv   # a committed report: the same columns, no scoring time
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="?", default="runs", help="a suite's runs folder")
-    args = ap.parse_args()
+def from_records(runs: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """(unlearn, scoring, robustness) seconds per run label, from the run records under a runs folder."""
     by: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for path in sorted(Path(args.runs).glob("*/record.json")):
+    for path in sorted(runs.glob("*/record.json")):
         rec = json.loads(path.read_text())
         rob = (rec.get("measures") or {}).get("robustness_seconds")
         if rob is None:
             continue
         label = rec.get("row", {}).get("label", rec["run"])
         by[label].append((rec["unlearn_seconds"], rec.get("scoring_seconds", 0.0), rob))
+    return by
+
+
+def from_csv(path: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """The same from a results.csv: its unlearn_seconds and robustness_seconds columns (scoring counted 0)."""
+    by: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("robustness_seconds") not in (None, ""):
+                by[row["run"]].append((float(row["unlearn_seconds"]), 0.0, float(row["robustness_seconds"])))
+    return by
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="?", default="runs",
+                    help="a suite's runs folder, or its reports/results.csv (which has no scoring time)")
+    args = ap.parse_args()
+    by = from_csv(Path(args.runs)) if Path(args.runs).is_file() else from_records(Path(args.runs))
     if not by:
-        raise SystemExit(f"no run record under {args.runs} has robustness measurements (robustness.enabled)")
+        raise SystemExit(f"no run under {args.runs} has robustness measurements (robustness.enabled)")
     print(f"{'run':>18} {'cells':>5} {'unlearn s':>10} {'scoring s':>10} {'robustness s':>13} {'robust/unlearn':>15}")
     every = []
     for label, rows in by.items():

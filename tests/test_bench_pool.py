@@ -50,3 +50,35 @@ def test_refuses_an_unfinished_slice_and_a_slice_given_twice(tmp_path, capsys):
     (tmp_path / "earlier.txt").write_text(_pool(capsys, tmp_path / "a.log"))
     with pytest.raises(SystemExit, match="given twice"):
         _pool(capsys, tmp_path / "earlier.txt", tmp_path / "a.log")
+
+
+def test_robustness_cost_reads_a_committed_report_as_it_reads_run_records(tmp_path, capsys):
+    """bench/robustness_cost.py: a results.csv gives the same ratio as the records it was gathered from."""
+    import json
+
+    rows = [("rem", 10.0, 4.0), ("rem", 30.0, 6.0), ("retrain", 20.0, 2.0), ("none", 0.0, 1.0)]
+    header = "run,method,unlearn_seconds,robustness_seconds\n"
+    (tmp_path / "results.csv").write_text(header + "".join(f"{r},{r},{u},{x}\n" for r, u, x in rows))
+    runs = tmp_path / "runs"
+    for i, (r, u, x) in enumerate(rows):
+        (runs / f"{r}-{i}").mkdir(parents=True)
+        (runs / f"{r}-{i}" / "record.json").write_text(json.dumps(
+            {"run": r, "row": {"label": r}, "unlearn_seconds": u, "measures": {"robustness_seconds": x}}))
+    outs = []
+    for source in (tmp_path / "results.csv", runs):
+        argv = sys.argv
+        sys.argv = ["robustness_cost.py", str(source)]
+        try:
+            runpy.run_path(str(ROOT / "bench" / "robustness_cost.py"), run_name="__main__")
+        finally:
+            sys.argv = argv
+        outs.append(capsys.readouterr().out)
+    assert sorted(outs[0].splitlines()) == sorted(outs[1].splitlines())   # the same rows, in file order
+    assert "add 22% to the time" in outs[0]          # 13 s of measurements over 60 s of unlearning
+    (tmp_path / "empty.csv").write_text(header)
+    sys.argv, argv = ["robustness_cost.py", str(tmp_path / "empty.csv")], sys.argv
+    try:
+        with pytest.raises(SystemExit, match="no run"):
+            runpy.run_path(str(ROOT / "bench" / "robustness_cost.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
