@@ -218,17 +218,20 @@ def test_rem_records_the_disowned_samples_when_a_fix_is_on():
     assert ctx.stats["steps"] > 0
 
 
-def test_rem_plus_is_rem_with_the_trusted_proxy_and_heals_a_partly_discovered_backdoor(cells):
+def test_rem_plus_is_rem_with_two_switches_and_heals_a_partly_discovered_backdoor(cells):
     from remflow.methods import REGISTRY
     from remflow.methods.rem import RemConfig
 
     p = make_params({"methods": {"rem": {}, "rem_plus": {}}})
     rec, plus, _ = cells.run("rem_plus", "high", 0.5, params=p)
-    # REM with one switch on: every other key is REM's default (the paper's)
-    assert rec["config"]["proxy"] == "trusted" and rec["config"]["disowned_weight"] is None
-    same = {k: v for k, v in RemConfig().model_dump().items() if k not in ("method", "proxy")}
+    # REM with two switches on: every other key is REM's default (the paper's)
+    assert rec["config"]["proxy"] == "trusted" and rec["config"]["disowned_weight"] == 0.5
+    same = {k: v for k, v in RemConfig().model_dump().items() if k not in ("method", "proxy", "disowned_weight")}
     assert {k: rec["config"][k] for k in same} == same
     assert not REGISTRY["rem_plus"].ablation and REGISTRY["rem_plus"].uses_expansion
+    # its earlier default (the trusted proxy alone), as the committed small Fashion-MNIST report pins it
+    earlier = make_params({"methods": {"rem_plus": {"disowned_weight": None}}}).methods["rem_plus"]
+    assert earlier.disowned_weight is None and earlier.proxy == "trusted"
     # the flush disowned part of D_r, undiscovered backdoored images among it: the proxy leaves them out
     assert rec["stats"]["disowned"] >= rec["stats"]["disowned_corrupted"] > 0, rec["stats"]
     original = cells.original("high")
