@@ -51,7 +51,7 @@ to land there (with some hard clean samples):
   fit them at all), so the repair does not re-teach them.
 
 The run record keeps `disowned` (how many) and `disowned_corrupted` (how many of them are in D_c: for the record
-only; the method never reads D_c).
+only; the method never reads D_c). `rem_plus` (remflow/methods/rem_plus.py) is REM with both on, the weight at 0.5.
 
 Ablations (paper §6.2, code names in brackets): `redirect: false` [REMGEN] fits the retained samples through
 the base model and adds no capacity; `remove_in_repair: false` [NPOREMMOD]; `rem_ga` [REMMOD] flushes with
