@@ -38,7 +38,11 @@ def from_csv(path: Path) -> dict[str, list[tuple[float, float, float]]]:
     """The same from a results.csv: its unlearn_seconds and robustness_seconds columns (scoring counted 0)."""
     by: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        missing = {"run", "unlearn_seconds", "robustness_seconds"} - set(reader.fieldnames or ())
+        if missing:
+            raise SystemExit(f"{path} has no column {', '.join(sorted(missing))}: not a remflow results.csv")
+        for row in reader:
             if row.get("robustness_seconds") not in (None, ""):
                 by[row["run"]].append((float(row["unlearn_seconds"]), 0.0, float(row["robustness_seconds"])))
     return by
@@ -49,7 +53,13 @@ def main() -> None:
     ap.add_argument("runs", nargs="?", default="runs",
                     help="a suite's runs folder, or its reports/results.csv (which has no scoring time)")
     args = ap.parse_args()
-    by = from_csv(Path(args.runs)) if Path(args.runs).is_file() else from_records(Path(args.runs))
+    source = Path(args.runs)
+    if source.suffix == ".csv" and not source.is_file():
+        raise SystemExit(f"no such file: {source}")
+    if not source.is_file() and not source.is_dir():
+        raise SystemExit(f"no such folder: {source} (a suite's runs folder or its reports/results.csv)")
+    csv_mode = source.is_file()
+    by = from_csv(source) if csv_mode else from_records(source)
     if not by:
         raise SystemExit(f"no run under {args.runs} has robustness measurements (robustness.enabled)")
     print(f"{'run':>18} {'cells':>5} {'unlearn s':>10} {'scoring s':>10} {'robustness s':>13} {'robust/unlearn':>15}")
@@ -61,7 +71,8 @@ def main() -> None:
         print(f"{label:>18} {len(rows):>5} {u:>10.2f} {s:>10.3f} {r:>13.2f} {ratio}")
     u, s, r = (sum(c) for c in zip(*every))
     print(f"{'all (sums)':>18} {len(every):>5} {u:>10.1f} {s:>10.2f} {r:>13.1f} {r / u:>15.2f}")
-    print(f"the measurements add {r / (u + s):.0%} to the time of the unlearn stages (method + scoring)")
+    counted = "the method alone: a results.csv has no scoring time" if csv_mode else "method + scoring"
+    print(f"the measurements add {r / (u + s):.0%} to the time of the unlearn stages ({counted})")
 
 
 if __name__ == "__main__":

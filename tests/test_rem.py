@@ -229,7 +229,7 @@ def test_rem_plus_is_rem_with_two_switches_and_heals_a_partly_discovered_backdoo
     same = {k: v for k, v in RemConfig().model_dump().items() if k not in ("method", "proxy", "disowned_weight")}
     assert {k: rec["config"][k] for k in same} == same
     assert not REGISTRY["rem_plus"].ablation and REGISTRY["rem_plus"].uses_expansion
-    # its earlier default (the trusted proxy alone), as the committed small Fashion-MNIST report pins it
+    # its earlier default (the trusted proxy alone, the reports' rem_trusted) is one key away
     earlier = make_params({"methods": {"rem_plus": {"disowned_weight": None}}}).methods["rem_plus"]
     assert earlier.disowned_weight is None and earlier.proxy == "trusted"
     # the flush disowned part of D_r, undiscovered backdoored images among it: the proxy leaves them out
