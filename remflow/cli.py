@@ -256,7 +256,10 @@ def evaluate(
     if p is not None:
         context = {"remflow": remflow.__version__,
                    "dataset": f"{dataset.get('about')}; fingerprint {dataset.get('fingerprint')}",
-                   "runs": len(rows), "params": Path(params).read_text()}
+                   "runs": len(rows)}
+        if dataset.get("resolution"):
+            context["resolution"] = dataset["resolution"]
+        context["params"] = Path(params).read_text()
         report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
     elif write:  # a split grid's parts pooled into the one report of the whole grid
         context = {"remflow": remflow.__version__, "pooled from": ", ".join(str(f) for f in from_csv),
@@ -421,6 +424,13 @@ def main() -> None:
         if os.environ.get("REMFLOW_DEBUG"):
             raise
         frames = traceback.extract_tb(e.__traceback__)
+        user = [f for f in frames if _users_code(f.filename)]
+        if user:  # raised in a plug-in (the user's model, reader or other code remflow called)
+            where = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].name})"
+            err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
+                            "raised in your code, which remflow called (a plug-in); REMFLOW_DEBUG=1 shows the "
+                            "whole traceback", title="[red]remflow: error in your code[/red]", title_align="left"))
+            sys.exit(1)
         ours = [f for f in frames if "remflow" in f.filename] or frames
         where = f"{ours[-1].filename}:{ours[-1].lineno} ({ours[-1].name})" if ours else "?"
         err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
@@ -428,3 +438,16 @@ def main() -> None:
                         "whole traceback (please include it in a report)",
                         title="[red]remflow: unexpected error[/red]", title_align="left"))
         sys.exit(1)
+
+
+def _users_code(filename: str) -> bool:
+    """A traceback frame's file is the user's: neither remflow's package nor the Python installation (the
+    standard library, site-packages) nor a frozen module."""
+    import os
+
+    if filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    installed = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    package = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    return not any(path == d or path.startswith(d + os.sep) for d in installed | {package})

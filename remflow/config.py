@@ -101,6 +101,27 @@ class CrossError(ValueError):
         self.key, self.got, self.message = key, got, message
 
 
+DVC_IGNORED_KEYS = ("size", "nfiles")
+
+
+def _refuse_dvc_ignored_keys(data: Any, path: tuple[str, ...] = ()) -> None:
+    """No key named `size` or `nfiles` at any depth, the names users choose included (a run under `methods:`,
+    a plug-in's `options`, a detection spec): DVC's run cache leaves such keys out of the hash it looks runs up
+    by (treeverse/dvc#10296), so a changed value would restore the outputs of the old one."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            here = (*path, str(k))
+            if k in DVC_IGNORED_KEYS and here != ("corruption", "size"):  # that one has its own message
+                raise CrossError(".".join(here), v if not isinstance(v, (dict, list)) else str(k),
+                                 f"no params key may be named `{k}`: DVC's run cache leaves keys named `size` or "
+                                 "`nfiles` out of the hash it looks runs up by (treeverse/dvc#10296) and would "
+                                 "restore a stale output; rename it")
+            _refuse_dvc_ignored_keys(v, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _refuse_dvc_ignored_keys(v, (*path, str(i)))
+
+
 # a run name becomes a folder name, part of DVC stage names (`unlearn@<run>-high-0.1-0`) and a params path
 # (`methods.<run>`): letters, digits, `_` and `-` only, starting with a letter
 RUN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -475,6 +496,7 @@ class ParamsBase(Strict):
     @classmethod
     def _method_names(cls, data: Any) -> Any:
         """A `methods` entry without a `method:` field runs the registered method of the same name."""
+        _refuse_dvc_ignored_keys(data)
         if isinstance(data, dict) and isinstance(data.get("methods"), dict):
             entries = {}
             for name, entry in data["methods"].items():

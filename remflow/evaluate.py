@@ -13,7 +13,7 @@ from pathlib import Path
 from remflow.config import ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
-from remflow.records import row_of, run_label
+from remflow.records import resolution, row_of, run_label
 
 PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
 
@@ -36,6 +36,8 @@ def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tu
     of this grid); stale records of removed cells are ignored, a missing one is refused (`describe(cell)`)."""
     found: dict[tuple, tuple[dict, Path]] = {}
     for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
+        if rec_path.parent.name.startswith("."):  # a temporary folder a killed stage left (io.atomic_dir)
+            continue
         rec = read_json(rec_path, "run record")
         k = key(rec, rec_path)
         if k is not None:
@@ -116,6 +118,8 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
     runs = collect_runs(params, runs_dir) + collect_detection_runs(params, runs_dir)
     digests: dict[str, str] = {}
     probes: dict[str, float] = {}
+    corrupted: dict[str, int] = {}  # manifest -> |D_c|
+    forget: dict[float, int] = {}  # discovery rate -> the smallest |D_f| drawn at it
     dataset: dict | None = None
     rows = []
     for rec, folder in runs:
@@ -137,4 +141,13 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
                                key=str(folder), got=(data or {}).get("about"), hint="run `dvc repro`")
         score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
         rows.append(row_of(rec, folder, score))
-    return rows, dataset or {}
+        if inputs["manifest"] not in corrupted:
+            corrupted[inputs["manifest"]] = len(read_json(inputs["manifest"], "corruption manifest").get("indices", []))
+        if rec.get("study") != "detection" and isinstance(rec.get("forgotten"), int):
+            rate = float(rec["discovery_rate"])
+            forget[rate] = min(forget.get(rate, rec["forgotten"]), rec["forgotten"])
+    out = dict(dataset or {})
+    if corrupted and forget:
+        lowest = min(forget)
+        out["resolution"] = resolution(min(corrupted.values()), forget[lowest], lowest)[0]
+    return rows, out

@@ -8,6 +8,7 @@ never executes code, and a truncated or foreign file gives a RemflowError instea
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,10 +24,48 @@ _UMASK = os.umask(0o022)  # read once, in the importing (main) thread: the temp 
 os.umask(_UMASK)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or a platform without signals: assume alive
+        return True
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<pid>-`: a temporary sibling names the process that writes it, so a later writer can tell an
+    orphan (its process killed mid-write) from another process's write in progress."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def sweep_orphans(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of `path` that a killed writer left (`.<name>.<pid>-*.tmp` / `.old` whose
+    process is gone on this host); return them. A live process's temporaries are kept."""
+    path = Path(path)
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
+            if p.suffix not in (".tmp", ".old"):
+                continue
+            pid = p.name[len(path.name) + 2:].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with contextlib.suppress(OSError, AttributeError):  # a mount without modes, or no fchmod: as it is
             os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would outlive the rename
@@ -75,13 +114,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         with contextlib.suppress(OSError):
             tmp.chmod(0o777 & ~_UMASK)  # mkdtemp's 0700 would outlive the rename
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -131,6 +131,7 @@ def check_data(p) -> list[str]:
     |D_c| fits it. Returns notes on what runs but may not be what was meant."""
     from remflow.data.corruption import check_corruption, corrupted_size
     from remflow.data.datasets import load_splits
+    from remflow.records import resolution
 
     try:  # never downloads
         splits = load_splits(p.data.model_copy(update={"download": False}))
@@ -139,7 +140,7 @@ def check_data(p) -> list[str]:
             raise
         return [f"the dataset files are not there yet; its stages will download them (data.download): {e.message}"]
     check_corruption(p.corruption, p.grid.regularities, splits)
-    check_model(p.model, splits)
+    check_model(p.model, splits, p.pretrain.batch_size)
     n = corrupted_size(p.corruption, len(splits.train_y))
     drawn: dict[int, list[float]] = {}
     for rate in p.grid.discovery_rates:
@@ -147,6 +148,18 @@ def check_data(p) -> list[str]:
     notes = [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
              f"cells run on the same D_f (raise corruption.count to tell them apart)"
              for k, rates in drawn.items() if len(rates) > 1]
+    if p.grid.discovery_rates:
+        lowest = min(p.grid.discovery_rates)
+        line, fine = resolution(n, max(1, int(round(lowest * n))), lowest)
+        if not fine:
+            notes.append(line)
+    from remflow.data.custom import class_names
+
+    names = class_names(p.data)
+    if names:
+        shown = ", ".join(f"{i}: {n}" for i, n in enumerate(names[:20])) + (", ..." if len(names) > 20 else "")
+        notes.append(f"labels of the class folders (sorted as strings; corruption.backdoor.target and "
+                     f"corruption.interclass.classes are these numbers): {shown}")
     if p.data.dataset == "digits" and p.data.root:
         notes.append(f"data.root ({p.data.root}) is not read: digits comes from scikit-learn's wheel")
     import torch
@@ -157,25 +170,51 @@ def check_data(p) -> list[str]:
     return notes
 
 
-def check_model(cfg, splits) -> None:
-    """`model:` builds for this data and gives one score per class: what pretraining would find out after the
-    corrupt, probe and discover stages had run (a plug-in's constructor or forward failing, or its head the wrong
-    size)."""
+def check_model(cfg, splits, batch_size: int | None = None) -> None:
+    """`model:` builds for this data and gives one finite score per class, in evaluation and in training mode
+    (forward and backward): what pretraining would find out after the corrupt, probe and discover stages had run
+    (a plug-in's constructor or forward failing, its head the wrong size). `batch_size`: pretraining's, whose
+    last batch may hold a single image, which a model with batch statistics cannot train on."""
     import torch
 
     from remflow.models import build_model
 
     model = build_model(cfg, splits.in_channels, splits.num_classes, splits.image_size)  # RemflowError: key model
     x = torch.zeros(2, splits.in_channels, splits.image_size, splits.image_size)
+    shape = f"{splits.in_channels}x{splits.image_size}x{splits.image_size} images"
     model.eval()
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # noqa: BLE001 - the user's forward, reported as bad input
         raise RemflowError(f"the model fails on a batch of this data ({type(e).__name__}: {e})", key="model",
-                           got=f"{splits.in_channels}x{splits.image_size}x{splits.image_size} images",
-                           hint="the model must take (N, C, H, W) float images of the dataset's size") from None
+                           got=shape, hint="the model must take (N, C, H, W) float images of the dataset's size"
+                           ) from None
+    if isinstance(out, (tuple, list)):
+        raise RemflowError(f"the model returns a {type(out).__name__} of {len(out)}, not a tensor of scores",
+                           key="model", got=f"{type(out).__name__} for 2 images",
+                           hint="forward must return the logits alone, one row of num_classes scores an image")
     if tuple(getattr(out, "shape", ())) != (2, splits.num_classes):
         raise RemflowError(f"the model must give one score per class: {splits.num_classes} for this data",
                            key="model", got=f"output of shape {tuple(getattr(out, 'shape', ()))} for 2 images",
                            hint="size its last layer to num_classes (the plug-in's constructor receives it)")
+    if not bool(torch.isfinite(out).all()):
+        raise RemflowError("the model gives scores that are not finite (nan or inf) on a batch of this data",
+                           key="model", got=shape, hint="check its forward (a division, a log, an uninitialised "
+                           "parameter)")
+    model.train()
+    try:
+        model(x).float().logsumexp(dim=1).mean().backward()
+    except Exception as e:  # noqa: BLE001 - the user's forward or backward in training mode
+        raise RemflowError(f"the model fails in training mode on a batch of this data ({type(e).__name__}: {e})",
+                           key="model", got=shape, hint="its training-mode forward and backward must work on a "
+                           "batch of (N, C, H, W) images") from None
+    n = len(splits.train_y)
+    if batch_size and n % batch_size == 1:
+        try:
+            model(x[:1])
+        except Exception as e:  # noqa: BLE001 - BatchNorm and the like cannot train on one image
+            raise RemflowError(f"pretraining's last batch holds a single image ({n} training images, a batch of "
+                               f"{batch_size}) and the model fails on it in training mode ({type(e).__name__}: "
+                               f"{e})", key="pretrain.batch_size", got=batch_size,
+                               hint="a batch size that leaves at least two images in the last batch") from None

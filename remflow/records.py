@@ -7,6 +7,7 @@ while the model is in memory (remflow.stages) and puts the scores, the costs and
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,23 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float) -> dict[s
     extra = {k: round(float(v), 6) for k, v in (rec.get("measures") or {}).items()}
     return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
             "details": rec.get("stats", {})}
+
+
+# the resolution a suite needs before its tables may claim an ordering (DESIGN §7): one image of D_c moves Healed
+# by at most 1 point, and D_f at the lowest discovery rate holds at least 10 images
+MAX_POINTS_PER_IMAGE = 1.0
+MIN_FORGET_IMAGES = 10
+
+
+def resolution(corrupted: int, smallest_forget: int, lowest_rate: float) -> tuple[str, bool]:
+    """A line that says how finely the suite's Healed can tell runs apart, and whether it is fine enough to claim
+    an ordering (`corrupted`: |D_c|; `smallest_forget`: |D_f| at the lowest rate)."""
+    points = 100.0 / corrupted if corrupted else float("inf")
+    ok = points <= MAX_POINTS_PER_IMAGE and smallest_forget >= MIN_FORGET_IMAGES
+    line = (f"|D_c| = {corrupted}: one image moves Healed by {points:.2f} points; D_f at the lowest rate "
+            f"({lowest_rate:g}) holds {smallest_forget} image{'s' if smallest_forget != 1 else ''}")
+    if not ok:
+        need = max(math.ceil(100 / MAX_POINTS_PER_IMAGE), math.ceil(MIN_FORGET_IMAGES / max(lowest_rate, 1e-9)))
+        line += (f". Too coarse to claim an ordering (at most {MAX_POINTS_PER_IMAGE:g} point an image and at least "
+                 f"{MIN_FORGET_IMAGES} images of D_f): read its differences as indicative; |D_c| >= {need} would do")
+    return line, ok

@@ -164,7 +164,7 @@ def pretrain(params: ParamsBase, manifest_path: str | Path, out_dir: str | Path,
 
     gen = task.generator(derive_seed(seed, "pretrain-data"))
     phase = Phase(f"pretrain {variant}", loss_fn, shuffled(task, task.everything, recipe.batch_size, gen),
-                  recipe.epochs, recipe.schedule)
+                  recipe.epochs, recipe.schedule, finite_key="pretrain.lr")
     # the validation accuracy in base mode (memorisation channels dropped), every eval_every epochs, `tie`
     # deciding between equal scores; with `select: last` only after the last epoch, which is kept
     select = by_validation(task, params.runtime.eval_batch_size, every=recipe.eval_every, tie=recipe.tie,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
@@ -19,6 +20,7 @@ from torch import nn
 
 from remflow.config import Recipe, RuntimeCfg
 from remflow.data.task import Batch, Task
+from remflow.errors import RemflowError
 from remflow.progress import Progress
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -119,6 +121,10 @@ class Phase:
     grad_hook: Callable[[nn.Module], None] | None = None
     shares_optimizer: bool = True
     recipe: Recipe | None = None  # the own optimizer's recipe (shares_optimizer=False)
+    # a params key to blame when an epoch's mean loss is not finite: training stops there with that error
+    # (pretraining: a model that diverged, or a plug-in that outputs nan, is no original to unlearn from); None:
+    # the phase goes on (an unlearning method that diverges is scored as it ends)
+    finite_key: str | None = None
 
 
 Tie = Literal["earliest", "latest"]
@@ -210,6 +216,10 @@ def train(
                 log.nested_steps[phase.label] = log.nested_steps.get(phase.label, 0) + steps
                 entry[phase.label] = epochs
             loss, log.steps = _epoch(net, opt, main, base_lrs, log.steps, total, device)
+            if main.finite_key is not None and not math.isfinite(loss):
+                raise RemflowError(f"{main.label}: the mean loss of epoch {epoch + 1} is {loss}: training diverged",
+                                   key=main.finite_key, got=loss, hint="a lower learning rate; or a model whose "
+                                   "forward gives nan or inf (a plug-in's)")
             entry = {"epoch": epoch + 1, "steps": log.steps, "loss": loss, **entry}
             final = epoch + 1 == main.epochs or log.steps >= total
             if best is not None and (final or (select.every is not None and (epoch + 1) % select.every == 0)):

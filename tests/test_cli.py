@@ -48,6 +48,22 @@ def test_check_accepts_the_shipped_pipeline():
     assert r.exit_code == 0, r.output
 
 
+def test_check_says_when_a_suite_is_too_coarse_to_claim_an_ordering(tmp_path):
+    """DESIGN §7: one image of D_c moves Healed by at most 1 point and D_f at the lowest rate holds at least 10
+    images before a suite's tables may claim an ordering; `check` names a suite below that (a note, not an
+    error: small suites are for smoke runs and first looks)."""
+    from remflow.records import resolution
+
+    r = invoke("check", "--params", str(ROOT / "params.yaml"), "--dvc", str(ROOT / "dvc.yaml"))
+    assert r.exit_code == 0 and "Too coarse to claim an ordering" in r.output, r.output
+    assert "|D_c| = 64" in r.output and "holds 6 images" in r.output
+    fine = params_file(tmp_path, {"corruption": {"count": 100}, "grid": {"discovery_rates": [0.1, 1.0]}})
+    r = invoke("check", "--params", str(fine), "--dvc", str(ROOT / "dvc.yaml"))
+    assert r.exit_code == 0 and "Too coarse" not in r.output, r.output
+    assert resolution(100, 10, 0.1)[1] and not resolution(99, 10, 0.1)[1] and not resolution(120, 9, 0.075)[1]
+    assert "|D_c| >= 134 would do" in resolution(120, 9, 0.075)[0]  # 10 images at the lowest rate
+
+
 def test_check_finds_an_undeclared_param(tmp_path):
     dvc = (ROOT / "dvc.yaml").read_text().replace("      - unlearn\n      - robustness\n",
                                                     "      - robustness\n", 1)

@@ -187,3 +187,21 @@ def test_a_dataset_is_decoded_once_per_process_and_each_stage_gets_its_own_copy(
     b = load_splits(cfg)
     assert b.train_x.any() and not (b.test_y == 7).all()
     assert len(datasets._RAW) == 1
+
+
+def test_builtin_fingerprint_and_class_count_are_the_committed_ones():
+    """The user-data checks (full-array fingerprint, classes kept in the training split) leave the built-in sets
+    alone: digits gives the fingerprint pipelines/digits-detect's committed artifacts carry."""
+    import hashlib
+
+    s = load_splits(DataCfg(dataset="digits", val_fraction=0.1, test_fraction=0.2))
+    assert s.fingerprint == "28aa74899d7ab0c2" and s.num_classes == 10 and len(s.train_y) == 1294
+    h = hashlib.sha256()  # the sampled hash: every (N // 64)-th training image
+    for part in (s.name.encode(), str(s.train_x.shape).encode(), s.train_y.astype(np.int64).tobytes(),
+                 np.ascontiguousarray(s.train_x[:: len(s.train_x) // 64]).tobytes()):
+        h.update(part)
+    assert h.hexdigest()[:16] == s.fingerprint
+    # a subset small enough to lose a class is still loaded as before (the refusal is for the user's data)
+    tiny = load_splits(DataCfg(dataset="digits", train_size=12, val_fraction=0.4))
+    assert len(tiny.train_y) == 7 and len(set(tiny.train_y)) < 10
+    assert tiny.num_classes == int(max(tiny.train_y.max(), tiny.test_y.max())) + 1

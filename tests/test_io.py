@@ -71,3 +71,46 @@ def test_checkpoint_bytes_are_deterministic(tmp_path):
                         f"save_checkpoint({str(tmp_path / str(i))!r}, {{'a': torch.zeros(2)}}, {{'x': 1, 'y': 2}})"],
                        check=True)
     assert len({(tmp_path / str(i)).read_bytes() for i in range(3, 6)}) == 1
+
+
+def _killed_mid_write(target) -> None:
+    """A process that dies (SIGKILL) inside atomic_dir after writing its record, before the rename."""
+    code = ("import sys, time; from remflow.io import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'record.json').write_text('{}'); print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()
+    proc.wait()
+
+
+def test_a_killed_writers_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
+    out = tmp_path / "runs" / "rem-high-0.1-0"
+    _killed_mid_write(out)
+    orphans = [p.name for p in out.parent.iterdir()]
+    assert len(orphans) == 1 and orphans[0].startswith(".rem-high-0.1-0.") and orphans[0].endswith(".tmp")
+    live = out.parent / f".rem-high-0.1-0.{os.getppid()}-abc.tmp"  # a process that is alive: its write goes on
+    live.mkdir()
+    other = out.parent / ".rem-high-0.1-00.999999999-abc.tmp"  # another output's name: not this path's orphan
+    other.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "record.json").write_text("{}")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([other.name, live.name, out.name])
+    # files too: a killed atomic_write_* leaves `.<name>.<pid>-*.tmp`, the next write of that name removes it
+    f = tmp_path / "m.json"
+    (tmp_path / ".m.json.999999999-x.tmp").write_text("half")
+    atomic_write_text(f, "{}")
+    assert not (tmp_path / ".m.json.999999999-x.tmp").exists() and f.read_text() == "{}"
+
+
+def test_evaluate_never_reads_a_killed_stages_temporary_record(tmp_path):
+    """A run folder's temporary (its stage killed before the rename) holds a record of the cell: evaluate must
+    call the cell missing, not read the half-made run."""
+    from remflow.evaluate import _collect
+
+    runs = tmp_path / "runs"
+    _killed_mid_write(runs / "rem-high-0.1-0")
+    (tmp := next(runs.iterdir()) / "record.json").write_text('{"cell": "rem"}')
+    assert tmp.is_file()
+    with pytest.raises(RemflowError, match="1 of 1 runs are missing"):
+        _collect(runs, [("rem",)], lambda rec, _: (rec["cell"],), lambda c: "runs are missing")

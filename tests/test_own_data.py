@@ -120,7 +120,8 @@ def test_folder_tree_loads_as_the_images_and_trains(tmp_path):
 
     log = pretrain_small(tmp_path, {"data": {"dataset": "folder", "root": str(root)}})
     assert log["steps"] > 0 and (tmp_path / "pre" / "model.safetensors").is_file()
-    assert check(params_file(tmp_path, {"data": {"dataset": "folder", "root": str(root)}})).exit_code == 0
+    r = check(params_file(tmp_path, {"data": {"dataset": "folder", "root": str(root)}}))
+    assert r.exit_code == 0 and "0: cat, 1: dog, 2: eel" in " ".join(r.output.split()), r.output
 
 
 def test_npz_arrays_load_channels_last_and_train(tmp_path):
@@ -528,3 +529,203 @@ def test_clean_takes_image_paths_of_a_folder_dataset(tmp_path):
     (tmp_path / "f.txt").write_text(f"cat/0001.png\n{root / 'train' / 'dog' / '0021.png'}\n0042.png\n")
     # sorted class, then file name: cat holds files 0000-0019, dog 0020-0039, eel 0040-0059
     assert read_flagged(tmp_path / "f.txt", p, splits).tolist() == [1, 21, 42]
+
+
+# ---------------------------------------------------------------- user data: what used to pass silently
+
+
+def tiny_tree(root: Path, counts: dict[str, int], size: int = 4, seed: int = 0, test: int = 1) -> Path:
+    """`counts[c]` random size x size grayscale PNGs under train/c (and `test` under test/c)."""
+    rng = np.random.default_rng(seed)
+    for split, per in (("train", None), ("test", test)):
+        for c, n in counts.items():
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n if per is None else per):
+                Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), "L").save(d / f"{i:03d}.png")
+    return root
+
+
+def folder_cfg(root: Path, **kw) -> DataCfg:
+    return DataCfg(dataset="folder", root=str(root), **kw)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_and_wider_modes_are_refused(tmp_path):
+    from remflow.data.custom import read_folder
+
+    root = write_folder(tmp_path / "tree")
+    tx, ty, sx, sy = digits()
+    for f in sorted((root / "train").rglob("*.png")) + sorted((root / "test").rglob("*.png")):
+        x = np.asarray(Image.open(f))
+        Image.fromarray(x.astype(np.uint16) * 257).save(f)  # the same image, 16 bits deep
+    odd = root / "train" / "cat" / "0000.png"
+    wide = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1031  # values between the multiples of 257
+    Image.fromarray(wide).save(odd)
+    assert Image.open(odd).mode == "I;16"
+    train_x, train_y, test_x, _ = read_folder(root)
+    assert train_x[0, 0].tolist() == np.round(wide / 257).astype(np.uint8).tolist()
+    np.testing.assert_array_equal(train_x[1:, 0], tx[1:])  # x * 257 -> x exactly, not clipped at 255
+    np.testing.assert_array_equal(test_x[:, 0], sx)
+
+    for dtype, mode in ((np.int32, "I"), (np.float32, "F")):
+        bad = root / "test" / "dog" / "0009.tif"
+        Image.fromarray(np.zeros((8, 8), dtype)).save(bad)
+        assert Image.open(bad).mode == mode
+        assert_refused(check(params_file(tmp_path, {"data": {"dataset": "folder", "root": str(root)}})),
+                       f"image mode {mode}", "no defined value range", str(bad))
+
+
+def _npz_labels(tmp: Path, shift: int = 0, scale: int = 1) -> Path:
+    tx, ty, sx, sy = digits()
+    return write_npz(tmp / "d.npz", y_train=ty * scale + shift, y_test=sy * scale + shift)
+
+
+@pytest.mark.parametrize("shift,scale,needle", [
+    (1, 1, "class 0 of 0..3 has no training image"),
+    (0, 1_000_000, "classes 1, 2, 3, 4, 5, ... (1999998 in all) of 0..2000000"),
+], ids=["labels-from-1", "labels-times-a-million"])
+def test_labels_that_skip_classes_are_refused(tmp_path, monkeypatch, shift, scale, needle):
+    path = _npz_labels(tmp_path, shift, scale)
+    params = params_file(tmp_path, {"data": {"dataset": "npz", "root": str(path)}})
+    assert_refused(check(params), needle, f"{path}: y_train", "labels must be 0..K-1")
+    # a plug-in reader's labels are held to the same rule
+    mod = plugin_module(tmp_path, monkeypatch, READER)
+    data = {"dataset": f"{mod}:load", "root": str(path), "options": {"classes": 10 ** 9}}
+    assert_refused(check(params_file(tmp_path, {"data": data})), needle, f"{mod}:load")
+
+
+def test_a_test_class_the_training_set_lacks_is_refused_naming_the_set(tmp_path):
+    tx, ty, sx, sy = digits(classes=4)
+    keep = ty != 1
+    path = write_npz(tmp_path / "d.npz", x_train=tx[keep], y_train=ty[keep], x_test=sx, y_test=sy)
+    assert set(ty[keep]) == {0, 2, 3} and set(sy) == {0, 1, 2, 3}
+    assert_refused(check(params_file(tmp_path, {"data": {"dataset": "npz", "root": str(path)}})),
+                   "y_test holds class 1 that y_train lacks", f"{path}: y_test")
+
+
+def test_a_class_that_vanishes_into_the_validation_split_is_refused(tmp_path):
+    from remflow.data.datasets import _holdout
+
+    root = tiny_tree(tmp_path / "tree", {"ant": 12, "bee": 12, "cow": 1})
+    n = 25  # the lone 'cow' image is the reader's last training image: find seeds that put it in val or not
+    in_val = [s for s in range(50) if n - 1 in _holdout(np.arange(n), np.arange(n), 0.1, s)[0]]
+    kept = next(s for s in range(50) if s not in in_val)
+    s = load_splits(folder_cfg(root, val_fraction=0.1, split_seed=kept))
+    assert s.num_classes == 3 and 2 in s.train_y
+    over = {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.1, "split_seed": in_val[0]}}
+    assert_refused(check(params_file(tmp_path, over)), "class 2 ('cow') has 1 training image(s)", "none is left",
+                   "data.val_fraction", "data.split_seed", "add more images of class 2")
+
+
+def test_user_data_fingerprint_covers_every_training_image(tmp_path):
+    from remflow.data.corruption import load_manifest
+
+    root = tiny_tree(tmp_path / "tree", {"ant": 50, "bee": 50, "cow": 50})
+    over = {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.1}, "corruption": {"count": 4}}
+    p = validate(params_dict(over))
+    before = load_splits(p.data)
+    assert len(before.train_y) // 64 == 2  # the sampled hash would read every other image only
+    stages.corrupt(p, "low", 0, tmp_path / "m.json")
+    # overwrite the second image of the training split: one the sampled hash skips
+    files = sorted((root / "train").rglob("*.png"))
+    f = files[before.train_source[1]]
+    Image.fromarray(255 - np.asarray(Image.open(f)), "L").save(f)
+    after = load_splits(p.data)
+    assert after.fingerprint != before.fingerprint
+    with pytest.raises(RemflowError, match="other data"):
+        load_manifest(tmp_path / "m.json", after)
+
+
+def _write_rgb(path: Path, x: np.ndarray) -> None:
+    img = Image.fromarray(x, "RGB")
+    if path.suffix.lower() == ".gif":
+        img = img.quantize(colors=8)  # the image's few colours, exactly
+    img.save(path, **({"lossless": True} if path.suffix == ".webp" else {}))
+
+
+def test_folder_reads_every_still_image_format_pillow_reads(tmp_path):
+    from remflow.data.custom import folder_files, read_folder
+
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+    root = tmp_path / "tree"
+    written = {}
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i, ext in enumerate((".png", ".BMP", ".gif", ".tif", ".TIFF", ".webp")):
+                x = palette[rng.integers(0, 4, (6, 6))]
+                written[root / split / c / f"{i}{ext}"] = x
+                _write_rgb(root / split / c / f"{i}{ext}", x)
+    train_x, train_y, test_x, test_y = read_folder(root)
+    assert len(train_y) == len(test_y) == 12
+    files, _ = folder_files(root, "train")
+    for f, x in zip(files, train_x):
+        np.testing.assert_array_equal(np.transpose(x, (1, 2, 0)), written[f], err_msg=str(f))
+
+
+def _nested(root: Path) -> Path:
+    (root / "train" / "bee" / "more").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(root / "train" / "bee" / "more" / "x.png")
+    return root / "train" / "bee" / "more"
+
+
+def _loose(root: Path) -> Path:
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(root / "train" / "stray.png")
+    return root / "train" / "stray.png"
+
+
+def _not_image(root: Path) -> Path:
+    (root / "test" / "ant" / "labels.csv").write_text("a,b\n")
+    return root / "test" / "ant" / "labels.csv"
+
+
+@pytest.mark.parametrize("make,shown", [(_nested, "bee/more/"), (_loose, "stray.png"),
+                                        (_not_image, "ant/labels.csv")], ids=["nested", "loose", "not-image"])
+def test_files_the_folder_reader_would_skip_are_refused_and_hidden_ones_skipped(tmp_path, make, shown):
+    root = tiny_tree(tmp_path / "tree", {"ant": 3, "bee": 3})
+    clean = load_splits(folder_cfg(root, val_fraction=0.2))
+    # hidden files and folders stay out without a word: a Finder's .DS_Store, AppleDouble ._ files, a .git
+    (root / "train" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "train" / "ant" / "._000.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "train" / "bee" / ".cache").mkdir()
+    (root / "train" / "bee" / ".cache" / "x.png").write_bytes(b"junk")
+    again = load_splits(folder_cfg(root, val_fraction=0.2))
+    np.testing.assert_array_equal(again.train_x, clean.train_x)
+
+    bad = make(root)
+    assert_refused(check(params_file(tmp_path, {"data": {"dataset": "folder", "root": str(root)}})),
+                   "not images of a class", shown, str(bad))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from remflow.data.custom import folder_files, read_folder
+
+    root = tiny_tree(tmp_path / "tree", {"ant": 2, "bee": 2}, size=8)
+    phone = root / "train" / "bee" / "photo.jpg"
+    x = np.zeros((8, 8), np.uint8)
+    x[:2, :] = 255  # a bright top edge: rotated a quarter turn clockwise it is the right edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    Image.fromarray(x, "L").save(phone, exif=exif, quality=100)
+    stored = np.asarray(Image.open(phone).convert("L"))
+    train_x, *_ = read_folder(root)
+    got = train_x[folder_files(root, "train")[0].index(phone), 0]
+    np.testing.assert_array_equal(got, np.rot90(stored, -1))
+    assert got[:, -2:].mean() > 200 and got[:, :2].mean() < 50
+
+
+def test_class_names_gives_the_label_of_each_class_folder_sorted_as_strings(tmp_path):
+    from remflow.data.custom import class_names
+
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for c, v in (("2", 0), ("10", 255)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((4, 4), v, np.uint8), "L").save(root / split / c / f"{i}.png")
+    cfg = folder_cfg(root, val_fraction=0.2)
+    assert class_names(cfg) == ["10", "2"]  # label 0 is '10': string order, not numeric
+    s = load_splits(cfg)
+    assert set(s.train_x[s.train_y == 0].ravel()) == {255} and set(s.train_x[s.train_y == 1].ravel()) == {0}
+    assert class_names(DataCfg(dataset="digits")) is None

@@ -35,6 +35,10 @@ def test_repro_runs_every_stage_and_writes_results(repo):
     assert (repo.path / "reports" / "heatmaps" / "finetune-score.png").is_file()
     record = json.loads((repo.path / "runs" / "finetune-high-1.0-0" / "record.json").read_text())
     assert record["unlearn_seconds"] > 0 and record["params_deployed"] > 0
+    # the report says how finely Healed tells runs apart, from the manifests and the runs' D_f
+    n = len(json.loads((repo.path / "artifacts" / "corrupt" / "high-0.json").read_text())["indices"])
+    assert f"- resolution: |D_c| = {n}: one image moves Healed by {100 / n:.2f} points" in (
+        repo.path / "reports" / "results.md").read_text()
 
 
 def test_dvc_plots_show_returns_the_declared_plots(repo):
@@ -70,13 +74,48 @@ def test_same_params_same_bytes(repo):
                                       "artifacts/pretrain/high-0-etd/model.safetensors",
                                       "runs/finetune-high-1.0-0/model.safetensors",
                                       "runs/etd-none-high-0.5-0/model.safetensors", "artifacts/probe/high-0.json")]
+    # the records, logs and table carry the run's own seconds and peak memory: every other byte is the same
+    timed = [repo.path / f for f in ("artifacts/pretrain/high-0-standard/log.json",
+                                      "artifacts/pretrain/high-0-etd/log.json",
+                                      "runs/finetune-high-1.0-0/record.json", "runs/etd-none-high-0.5-0/record.json",
+                                      "reports/results.csv")]
     before = {f: f.read_bytes() for f in files}
+    before_timed = {f: _untimed(f) for f in timed}
     metrics = (repo.path / "metrics.json").read_text()
     ran = repo.ran_stages(repo.run("dvc", "repro", "-f", "-s", *stages))
     assert sorted(ran) == sorted(stages)
     for f in files:
         assert f.read_bytes() == before[f], f
+    for f in timed:
+        assert _untimed(f) == before_timed[f], f
     assert (repo.path / "metrics.json").read_text() == metrics
+
+
+def _is_cost(key: str) -> bool:
+    return key.endswith("seconds") or key == "peak_memory_mb"
+
+
+def _untimed(path):
+    """A JSON record or log, or results.csv, with the fields that measure the run's own cost (wall seconds, peak
+    memory) blanked: the only fields a rerun on the same machine may change."""
+    import csv
+    import io
+    import json
+
+    def blank(node):
+        if isinstance(node, dict):
+            return {k: None if _is_cost(k) else blank(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [blank(v) for v in node]
+        return node
+
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        assert rows and any(_is_cost(k) for k in rows[0])
+        return [blank(r) for r in rows]
+    text = path.read_text()
+    assert "seconds" in text
+    return blank(json.loads(text))
 
 
 def _outputs(repo) -> dict:

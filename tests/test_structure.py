@@ -7,6 +7,7 @@ import ast
 import typing
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from conftest import ROOT
@@ -149,3 +150,22 @@ def test_registry_finds_every_method_module():
     modules = {p.stem for p in (PKG / "methods").glob("*.py")} - shared
     registered_in = {m.unlearn.__module__.rpartition(".")[2] for m in REGISTRY.values()}
     assert modules <= registered_in, modules - registered_in
+
+
+def test_names_users_choose_are_refused_as_size_or_nfiles_too():
+    """The schema has no such key, but a run under `methods:`, a plug-in's `options` and a detection spec are
+    named by the user: `remflow check` refuses those names as well, at their key path."""
+    from remflow.params import ParamsError, validate
+    from conftest import root_params, merge
+
+    cases = {
+        "methods.size": {"grid": {"methods": ["size"]}, "methods": {"size": {"method": "rem"}}},
+        "model.options.nfiles": {"model": {"name": "mypkg.nets:Net", "options": {"nfiles": 3}}},
+        "data.options.reader.size": {"data": {"dataset": "mypkg.data:load", "options": {"reader": {"size": 8}}}},
+    }
+    for key, change in cases.items():
+        with pytest.raises(ParamsError) as e:
+            validate(merge(root_params(), change))
+        got = {k for k, _, _ in e.value.problems}
+        assert key in got, (key, e.value.problems)
+        assert any("treeverse/dvc#10296" in problem for _, problem, _ in e.value.problems)

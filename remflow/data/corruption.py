@@ -130,7 +130,9 @@ def check_manifest(m: Any, splits: Splits, path: str) -> dict[str, Any]:
     if m["fingerprint"] != splits.fingerprint or m["num_train"] != len(splits.train_y):
         raise RemflowError(
             "manifest was made for other data (dataset or split settings changed)", key=path,
-            got=f"{m.get('dataset')} {m['fingerprint']}", hint="rerun its corrupt stage: dvc repro")
+            got=f"{m.get('dataset')} {m['fingerprint']}",
+            hint="rerun its corrupt stage: dvc repro; if the data files themselves changed, dvc repro -f (DVC does "
+                 "not track data.root: docs/adding-a-dataset-or-model.md, 'Your data and DVC')")
     idx, lab = m["indices"], m["labels"]
     if not isinstance(idx, list) or not isinstance(lab, list) or len(idx) != len(lab) or not idx:
         bad("indices and labels must be equal-length, non-empty lists")

@@ -4,10 +4,16 @@ Each is decoded once to what the built-in readers give `load_splits`: uint8 imag
 for the training and the test split. Every problem is a RemflowError naming the file or folder at fault, so the
 CLI stops with exit code 2 before anything is written.
 
-- folder: `<root>/train/<class>/*.png|jpg|jpeg` and `<root>/test/<class>/*`; the sorted class folder names of
-  train/ are the labels 0..K-1. Grayscale images give one channel, colour ones three (alpha dropped); a tree
-  that mixes them is refused. Images of differing sizes are refused unless `data.resize` is set.
-- npz: `x_train`, `y_train`, `x_test`, `y_test`; images uint8 N x H x W (one channel) or N x H x W x C.
+- folder: `<root>/train/<class>/<image>` and `<root>/test/<class>/<image>` (.png .jpg .jpeg .bmp .gif .tif .tiff
+  .webp, any case); the class folder names of train/, sorted as strings ('10' before '2'), are the labels
+  0..K-1 (`class_names`). Hidden files and folders (a name starting with '.', macOS's `._x.png` too) are
+  skipped; any other file or folder the reader would not read (a nested folder, a loose file in train/ or
+  test/, a file of another type) is refused. The EXIF orientation is applied; 16-bit grayscale is scaled to
+  8 bits (value / 257); 32-bit integer and float images are refused. Grayscale images give one channel, colour
+  ones three (alpha dropped); a tree that mixes them is refused. Images of differing sizes are refused unless
+  `data.resize` is set.
+- npz: `x_train`, `y_train`, `x_test`, `y_test`; images uint8 N x H x W (one channel) or N x H x W x C; labels
+  0..K-1 with every class in the training set (a test class the training set lacks is refused).
 - a plug-in `<module>:<function>`: called as `function(root=data.root, **data.options)`, it returns the four
   npz arrays (a mapping with those keys, or a tuple in that order), checked as an npz file's are.
 """
@@ -24,9 +30,12 @@ import numpy as np
 from remflow.config import DataCfg, is_plugin
 from remflow.errors import RemflowError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# every still-image format Pillow reads that image trees are made of (matched case-insensitively)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
-_ONE_CHANNEL = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+_ONE_CHANNEL = {"1", "L", "LA", "La"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}  # grayscale 0..65535: scaled to 0..255 (value / 257, rounded)
+_FEW = 5  # how many offending files, folders or classes a message lists
 
 
 def read(cfg: DataCfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -43,6 +52,26 @@ def read(cfg: DataCfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- folder
 
 
+def class_names(cfg: DataCfg) -> list[str] | None:
+    """The class name of each label of a `folder` dataset: label i is the i-th name. The class folders sort as
+    strings, so '10' comes before '2'. None for other datasets (their labels are the numbers they hold)."""
+    if cfg.dataset != "folder":
+        return None
+    if cfg.root is None:  # pragma: no cover - the schema requires data.root for folder
+        raise RemflowError("a folder dataset needs data.root", key="data.root")
+    return folder_classes(Path(cfg.root))
+
+
+def _hidden(path: Path) -> bool:
+    """Skipped without a word: dot files and folders, macOS's AppleDouble `._name` files among them."""
+    return path.name.startswith(".")
+
+
+def _listing(items: list[Path], root: Path) -> str:
+    shown = ", ".join(p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in items[:_FEW])
+    return shown + (f" (and {len(items) - _FEW} more)" if len(items) > _FEW else "")
+
+
 def folder_classes(root: Path) -> list[str]:
     """The class names of an image tree: the sorted folder names under train/ (label i is the i-th name)."""
     train = root / "train"
@@ -52,7 +81,7 @@ def folder_classes(root: Path) -> list[str]:
     if not train.is_dir():
         raise RemflowError("no train/ folder in the dataset folder", key=str(train),
                            hint="an image tree holds train/<class>/* and test/<class>/*")
-    classes = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir() and not _hidden(d))
     if len(classes) < 2:
         raise RemflowError(f"a classifier needs at least two classes; train/ holds {len(classes)}", key=str(train),
                            got=classes, hint="one folder per class under train/")
@@ -67,19 +96,30 @@ def folder_files(root: Path, split: str, classes: list[str] | None = None) -> tu
     if not folder.is_dir():
         raise RemflowError(f"no {split}/ folder in the dataset folder", key=str(folder),
                            hint="an image tree holds train/<class>/* and test/<class>/*")
-    stray = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                   and d.name not in classes)
+    entries = sorted(p for p in folder.iterdir() if not _hidden(p))
+    stray = [d.name for d in entries if d.is_dir() and d.name not in classes]
     if stray:
         raise RemflowError(f"{split}/ has class folders that train/ lacks", key=str(folder / stray[0]), got=stray,
                            hint="the classes are the folders under train/; every test class must have training images")
+    skipped = [p for p in entries if not p.is_dir()]  # loose files: they belong to no class
+    found_by_class: list[list[Path]] = []
+    for name in classes:
+        cdir = folder / name
+        inside = sorted(p for p in cdir.iterdir() if not _hidden(p)) if cdir.is_dir() else []
+        found_by_class.append([f for f in inside if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES])
+        skipped += [p for p in inside if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]
+    if skipped:
+        raise RemflowError(
+            f"{split}/ holds {len(skipped)} file(s) or folder(s) that are not images of a class: "
+            f"{_listing(skipped, folder)}", key=str(skipped[0]),
+            hint=f"images go directly in {split}/<class>/ (no subfolders), as {' '.join(IMAGE_SUFFIXES)}; move "
+                 "anything else out of the tree (names starting with '.' are skipped)")
     files: list[Path] = []
     labels: list[int] = []
-    for label, name in enumerate(classes):
+    for label, (name, found) in enumerate(zip(classes, found_by_class)):
         cdir = folder / name
-        found = sorted(f for f in cdir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) \
-            if cdir.is_dir() else []
         if not found and (split == "train" or cdir.is_dir()):
-            raise RemflowError(f"empty class: no {'/'.join(IMAGE_SUFFIXES)} images", key=str(cdir),
+            raise RemflowError(f"empty class: no images ({' '.join(IMAGE_SUFFIXES)})", key=str(cdir),
                                hint="remove the folder or put the class's images in it")
         files += found
         labels += [label] * len(found)
@@ -100,15 +140,29 @@ def read_folder(root: Path, resize: int | None = None):
 
 def _decode(files: list[Path], resize: int | None, first: dict) -> np.ndarray:
     """uint8 (N, C, H, W); `first` remembers the first image's file, channels and size across both splits."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     out = None
     for i, f in enumerate(files):
         try:
             with Image.open(f) as img:
                 img.load()
-                channels = 1 if img.mode in _ONE_CHANNEL else 3
-                img = img.convert("L" if channels == 1 else "RGB")
+                mode = img.mode
+                if mode not in _SIXTEEN_BIT and mode.startswith(("I", "F")):
+                    kind = "floating-point" if mode.startswith("F") else "32-bit integer" if mode == "I" \
+                        else "integer"
+                    raise RemflowError(
+                        f"image mode {mode} ({kind} pixels) has no defined value range to map to 0..255",
+                        key=str(f), got=mode,
+                        hint="save the images as 8-bit grayscale or colour (or as 16-bit grayscale)")
+                img = ImageOps.exif_transpose(img)  # a phone's rotate-90 tag: the image as it is shown
+                if mode in _SIXTEEN_BIT:  # 0..65535 -> 0..255, rounded (convert("L") would clip it at 255)
+                    wide = np.asarray(img).astype(np.uint32)
+                    img = Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L")
+                    channels = 1
+                else:
+                    channels = 1 if mode in _ONE_CHANNEL else 3
+                    img = img.convert("L" if channels == 1 else "RGB")
                 if resize is not None and img.size != (resize, resize):
                     img = img.resize((resize, resize), Image.Resampling.BILINEAR)
                 a = np.asarray(img, dtype=np.uint8)
@@ -231,7 +285,40 @@ def check_arrays(arrays: dict, where: str):
             raise RemflowError(f"label out of range: y_{split}[{bad[0]}] = {y[bad[0]]}, outside 0..{k - 1} (the "
                                "training labels' range)", key=f"{where}: y_{split}",
                                hint="labels are 0..K-1, every class with training images")
-    if len(np.unique(train_y)) < 2:
+    present = np.unique(train_y)
+    if len(present) < 2:
         raise RemflowError("a classifier needs at least two classes; y_train holds one", key=f"{where}: y_train",
                            got=int(train_y[0]))
+    unseen = np.setdiff1d(np.unique(test_y), present)
+    if len(unseen):
+        raise RemflowError(f"y_test holds {_classes(unseen.tolist(), len(unseen))} that y_train lacks: the test "
+                           "set has a class with no training image", key=f"{where}: y_test",
+                           hint=f"labels are 0..K-1 (here K = {k}) with every class in the training set; drop "
+                                "those test images or add training images of the class")
+    if len(present) < k:  # labels that skip values or do not start at 0: classes with no image at all
+        raise RemflowError(f"y_train holds {len(present)} distinct labels but its largest is {k - 1}: "
+                           f"{_classes(_absent(present, k), k - len(present))} of 0..{k - 1} "
+                           f"{'has' if k - len(present) == 1 else 'have'} no training image",
+                           key=f"{where}: y_train",
+                           hint="labels must be 0..K-1 with every class in the training set (renumber them, e.g. "
+                                "np.unique(y_train, return_inverse=True)[1], mapping y_test the same way)")
     return train_x, train_y, test_x, test_y
+
+
+def _absent(present: np.ndarray, k: int) -> list[int]:
+    """The first few of 0..k-1 missing from the sorted distinct labels `present` (k may be huge: no range built)."""
+    out: list[int] = []
+    nxt = 0
+    for v in present.tolist() + [k]:
+        while nxt < v and len(out) < _FEW:
+            out.append(nxt)
+            nxt += 1
+        if len(out) == _FEW:
+            break
+        nxt = v + 1
+    return out
+
+
+def _classes(shown: list[int], total: int) -> str:
+    listed = ", ".join(str(c) for c in shown[:_FEW]) + (f", ... ({total} in all)" if total > _FEW else "")
+    return f"class {listed}" if total == 1 else f"classes {listed}"

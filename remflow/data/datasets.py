@@ -63,13 +63,21 @@ class Splits:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the training split: a manifest made for other data is refused."""
+        """Identifies the training split: a manifest made for other data is refused. The user's own data
+        (folder, npz, a plug-in reader) is hashed whole, so that changing any training image is noticed; the
+        built-in sets keep their sampled hash (every (N // 64)-th image), which committed manifests carry."""
         h = hashlib.sha256()
         h.update(self.name.encode())
         h.update(str(self.train_x.shape).encode())
         h.update(np.ascontiguousarray(self.train_y, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(self.train_x[:: max(1, len(self.train_x) // 64)]).tobytes())
+        step = 1 if is_user_data(self.name) else max(1, len(self.train_x) // 64)
+        h.update(np.ascontiguousarray(self.train_x[::step]).tobytes())
         return h.hexdigest()[:16]
+
+
+def is_user_data(name: str) -> bool:
+    """The user's own data: an image tree, an npz file or a plug-in reader (remflow/data/custom.py)."""
+    return name in ("folder", "npz") or is_plugin(name)
 
 
 def load_splits(cfg: DataCfg) -> Splits:
@@ -81,9 +89,9 @@ def load_splits(cfg: DataCfg) -> Splits:
         train_x, train_y, test_x, test_y = x, y, tx, ty
     elif name in _READERS:
         train_x, train_y, test_x, test_y = _cached(name, root, lambda: _READERS[name](root, cfg.download))
-    elif name == "npz":  # the user's own data (remflow/data/custom.py)
-        train_x, train_y, test_x, test_y = _cached(name, root, lambda: custom.read(cfg))
-    elif name == "folder" or is_plugin(name):  # decoded per call: an image tree's files lie deeper than _fingerprint
+    elif name in ("npz", "folder") or is_plugin(name):  # the user's own data (remflow/data/custom.py), read anew
+        # by every call: a file rewritten at the same size within the clock's resolution would fool _fingerprint,
+        # and an image tree's files lie deeper than it looks
         train_x, train_y, test_x, test_y = custom.read(cfg)
     else:  # pragma: no cover - the schema rejects other names
         raise RemflowError("unknown dataset", key="data.dataset", got=name)
@@ -91,6 +99,7 @@ def load_splits(cfg: DataCfg) -> Splits:
     if cfg.pad_to is not None:
         train_x, test_x = _pad(train_x, cfg.pad_to), _pad(test_x, cfg.pad_to)
     source = np.arange(len(train_y))  # each training sample's position in what the reader returned
+    reader_y = train_y  # the reader's training labels: every class in them must keep training images
     if cfg.train_size is not None and cfg.train_size < len(train_y):
         keep = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(len(train_y))[: cfg.train_size])
         train_x, train_y, source = train_x[keep], train_y[keep], source[keep]
@@ -100,12 +109,36 @@ def load_splits(cfg: DataCfg) -> Splits:
     val_x, val_y, train_x, train_y = _holdout(train_x, train_y, cfg.val_fraction, seed=cfg.split_seed)
     val_source, _, train_source, _ = _holdout(source, source, cfg.val_fraction, seed=cfg.split_seed)
 
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    if is_user_data(name):  # the built-in sets keep their split and class count exactly as they were
+        _check_classes_kept(cfg, reader_y, train_y)
+        num_classes = int(max(train_y.max(), val_y.max(), test_y.max())) + 1
+    else:
+        num_classes = int(max(train_y.max(), test_y.max())) + 1
     pixels = train_x.astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))
     return Splits(name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, mean, std, train_source,
                   val_source)
+
+
+def _check_classes_kept(cfg: DataCfg, reader_y: np.ndarray, train_y: np.ndarray) -> None:
+    """Refuse a class of the reader's training data that the subset and the validation split leave without a
+    training image: it would be learned from nothing (and, the largest label, drop out of the class count)."""
+    classes, counts = np.unique(reader_y, return_counts=True)
+    left = np.isin(classes, np.unique(train_y))
+    gone = [(int(c), int(n)) for c, n, kept in zip(classes, counts, left) if not kept]
+    if not gone:
+        return
+    names = custom.class_names(cfg)
+    label, count = gone[0]
+    what = f"class {label}" + (f" ('{names[label]}')" if names is not None and label < len(names) else "")
+    others = f" (and {len(gone) - 1} more: {', '.join(str(c) for c, _ in gone[1:6])})" if len(gone) > 1 else ""
+    subset = " and data.train_size's subset" if cfg.train_size is not None else ""
+    raise RemflowError(
+        f"{what} has {count} training image(s) and none is left in the training split after the validation "
+        f"split{subset}{others}", key="data.val_fraction", got=cfg.val_fraction,
+        hint=f"add more images of {what}, or change data.val_fraction or data.split_seed"
+             + (" (or raise data.train_size)" if subset else ""))
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

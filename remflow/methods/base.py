@@ -22,6 +22,7 @@ from pydantic import Field, PositiveInt
 
 from remflow.config import SELECT_HELP, TIE_HELP, ParamsBase, Recipe, SelectRule, Strict, TieRule
 from remflow.data.task import Task
+from remflow.errors import RemflowError
 from remflow.models import WidenableNet, build_model, count_params
 from remflow.seeds import derive_seed
 from remflow.train import (Data, Phase, Selection, accuracy, by_validation, compiled, make_optimizer, shuffled,
@@ -161,7 +162,10 @@ def register(name: str, config: type[MethodConfig], *, summary: str, reference: 
 
     def wrap(fn):
         if name in REGISTRY:
-            raise ValueError(f"method '{name}' registered twice")
+            first = REGISTRY[name].unlearn.__module__
+            raise RemflowError(f"method '{name}' is registered twice: by {first} and by {fn.__module__}",
+                               key=f"{fn.__module__}.{fn.__name__}", got=name,
+                               hint="a method's name is its own: register yours under another name")
         REGISTRY[name] = Method(name, config, fn, summary, reference, uses_expansion, ablation)
         return fn
 
