@@ -86,6 +86,23 @@ def _report_error(e: RemflowError) -> None:
     err.print(Panel("\n".join(lines), title="[red]remflow: error[/red]", title_align="left"), markup=True)
 
 
+def _writable(out: Path | None, *, folder: bool) -> None:
+    """Refuse an output path the stage could not write, before it runs (a file where its folder goes, a folder
+    where its file goes, a file among its parents): the error would otherwise come after training."""
+    if out is None:
+        return
+    if out.exists() and out.is_dir() != folder:
+        raise RemflowError(f"--out is a {'file' if folder else 'folder'}; the stage writes a "
+                           f"{'folder' if folder else 'file'} there", key="--out", got=str(out),
+                           hint="name a path that is absent or of that kind")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RemflowError("a parent of --out is a file", key="--out", got=str(out), hint=f"{parent} is "
+                                   "not a folder")
+            break
+
+
 def guarded(fn: Callable) -> Callable:
     """Turn RemflowError into the one-screen message and exit code 2."""
 
@@ -125,6 +142,7 @@ def corrupt(
     """Write the corruption manifest of one (corruption, seed): D_c's indices, new labels, trigger."""
     from remflow import stages
 
+    _writable(out, folder=False)
     stages.corrupt(_params(params), corruption, seed, out)
 
 
@@ -139,6 +157,7 @@ def pretrain(
     """Train the original model on the corrupted training set."""
     from remflow import stages
 
+    _writable(out, folder=True)
     stages.pretrain(_params(params), manifest, out, variant)
 
 
@@ -159,6 +178,8 @@ def discover(
     cell's detector (loss, cross_val or spectral; detection.specs) flags on the pretrained model at --budget."""
     from remflow import stages
 
+    for path in (out, hits_out):
+        _writable(path, folder=False)
     stages.discover(_params(params), manifest, out, rate=rate, model_path=model, budget=budget, hits_out=hits_out)
 
 
@@ -173,6 +194,7 @@ def probe(
     other half (0: random labels, 1: a trigger it picks up); read by evaluate."""
     from remflow import stages
 
+    _writable(out, folder=False)
     stages.probe(_params(params), manifest, out)
 
 
@@ -190,6 +212,7 @@ def unlearn(
     """Run one unlearning method on one cell; write the deployable model and its run record."""
     from remflow import stages
 
+    _writable(out, folder=True)
     stages.unlearn(_params(params), run, model, manifest, discovered, out)
 
 
@@ -327,6 +350,7 @@ def check(
     p = _params(params)
     notes = check_data(p)
     n = check_pipeline(p, dvc, raw=read_yaml(params), params_path=params)
+    notes += _code_path_notes(dvc)
     if record is not None:
         from remflow.codedeps import record as record_code
 
@@ -392,6 +416,24 @@ def recheck(
     else:
         out.print(f"[green]same outputs[/green] in {len(result.stages)} re-run stages of {result.changed} changed; "
                   "`remflow recheck --record` records them")
+
+
+def _code_path_notes(dvc: Path) -> list[str]:
+    """dvc.yaml's `code` folder (what DVC hashes, and what the stages' code fingerprints should describe) against
+    the remflow package this command imported: an install from another checkout runs other code than DVC tracks."""
+    import remflow
+    from remflow.params import read_yaml
+
+    spec = read_yaml(dvc)
+    code = next((v["code"] for v in spec.get("vars") or [] if isinstance(v, dict) and "code" in v), None)
+    if not isinstance(code, str):
+        return []
+    tracked, running = (dvc.parent / code).resolve(), Path(remflow.__file__).parent.resolve()
+    if tracked == running:
+        return []
+    return [f"the stages run the remflow package at {running}, but {dvc.name} tracks the code at {tracked} "
+            "(`vars: code`): DVC would not see an edit of the code that runs. Install this checkout (pip install -e "
+            ".) or point `code` at the package that runs"]
 
 
 @app.command()

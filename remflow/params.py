@@ -223,8 +223,9 @@ def _describe(err: dict) -> tuple[str, str, str]:
         return "model.name", "required key is missing: cnn, resnet9, vit, or <module>:<Class> (a plug-in)", ""
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx") or {}
-        msg = f"unknown {'model' if cleaned[:1] == ['model'] else 'method'}; known: {ctx.get('expected_tags', '')}"
-        return key, msg, _short(ctx.get("tag"))
+        model = cleaned[:1] == ["model"]
+        msg = f"unknown {'model' if model else 'method'}; known: {ctx.get('expected_tags', '')}"
+        return ("model.name" if model and len(cleaned) == 1 else key), msg, _short(ctx.get("tag"))
     elif kind in ("less_than_equal", "greater_than") and cleaned[:2] == ["grid", "discovery_rates"]:
         msg = "a discovery rate must lie in (0, 1]"
     elif kind == "missing":

@@ -7,12 +7,17 @@ for nothing. STAGE_READS is the one list of what each command reads; stages.py f
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from remflow.errors import RemflowError
 from remflow.config import GridCfg, ParamsBase
 from remflow.params import read_yaml
+
+# set by `remflow run --address` for its stages and itself: a cluster's GPU nodes run the training stages, so a
+# node without CUDA (the head, a CPU worker running `check`) may validate `runtime.device: cuda`
+CUDA_ELSEWHERE = "REMFLOW_CUDA_ELSEWHERE"
 
 # the runtime keys that change a stage's results (runtime.cpus/gpus/workers only schedule `remflow run`)
 RUNTIME_RESULT_KEYS = ("runtime.device", "runtime.threads", "runtime.compile", "runtime.eval_batch_size")
@@ -34,6 +39,7 @@ STAGE_READS: dict[str, set[str]] = {
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
 _SPEC_KEY = re.compile(r"^detection\.specs\.\$\{item\.\w+\}$")
 _GRID_REF = re.compile(r"\$\{grid\.(\w+)\}")
+_REF = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
 
 
 def _key(entry: str) -> str:
@@ -74,12 +80,19 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
     """Check dvc.yaml's per-stage `params:` lists against STAGE_READS; with `raw` (the params file as written),
     also that every key a stage tracks is written in that file: DVC runs such a stage and then refuses to record
     it ("Parameters ... are missing"), so a section left to its defaults must still be there."""
+    detection = getattr(params, "detection", None)
+    if not params.grid.methods and not params.grid.etd_methods and not getattr(detection, "methods", None):
+        raise RemflowError("the grid runs no method: evaluate would have nothing to report, after every original "
+                           "had trained", key=f"{Path(params_path).name}: grid.methods", got=[],
+                           hint="list runs of `methods:` under grid.methods (or grid.etd_methods)")
     dvc_path = Path(dvc_path)
     if not dvc_path.is_file():  # read_yaml's own message speaks of the params file
         raise RemflowError("pipeline file not found", key=str(dvc_path), hint="pass --dvc PATH to the dvc.yaml")
     spec = read_yaml(dvc_path)
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), dict):
         raise RemflowError("no `stages:` mapping", key=str(dvc_path))
+    # names that dvc.yaml defines itself (`vars:`) or per stage (`item`, `key`): not params.yaml's
+    local = {"item", "key"} | {k for v in spec.get("vars") or [] if isinstance(v, dict) for k in v}
     n = 0
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage) if isinstance(stage, dict) else {}
@@ -120,6 +133,14 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
             if ref not in GridCfg.model_fields:
                 raise RemflowError(f"stage '{name}' refers to ${{grid.{ref}}}, which params' grid does not have",
                                    key=f"{dvc_path}: stages.{name}", got=ref)
+        if raw is not None:  # DVC interpolates these from the file as written: a key left to its default is absent
+            for ref in _REF.findall(text):
+                if ref.split(".")[0] not in local and not _present(raw, ref):
+                    raise RemflowError(f"stage '{name}' interpolates ${{{ref}}}, which {Path(params_path).name} "
+                                       "does not write: DVC cannot read the project without it",
+                                       key=f"{params_path}: {ref}", got="absent (remflow would use its default)",
+                                       hint=f"write {ref} in {Path(params_path).name} (the repository's "
+                                            "params.yaml shows every key)")
         n += 1
     if n == 0:
         raise RemflowError("no stage runs a remflow command", key=str(dvc_path))
@@ -165,8 +186,12 @@ def check_data(p) -> list[str]:
     import torch
 
     if p.runtime.device == "cuda" and not torch.cuda.is_available():
-        notes.append("runtime.device is cuda and this machine has no CUDA device: every training stage run here "
-                     "will refuse (a cluster's GPU nodes may have one)")
+        if not os.environ.get(CUDA_ELSEWHERE):  # run here: every training stage would refuse, after DVC removed
+            raise RemflowError("runtime.device is cuda and this machine has no CUDA device", key="runtime.device",
+                               got="cuda", hint="runtime.device: cpu to run here; on a Ray cluster with GPU "
+                               "nodes, `remflow run --address ...` runs the stages there")
+        notes.append("runtime.device is cuda and this machine has no CUDA device: the cluster's GPU nodes run the "
+                     "training stages (remflow run --address)")
     return notes
 
 

@@ -184,18 +184,25 @@ def test_check_explains_a_zero_count_and_notes_rates_that_draw_the_same_set(tmp_
     assert "draw the same" in r.output
 
 
-def test_check_notes_a_root_digits_ignores_and_cuda_this_machine_lacks(tmp_path):
+def test_check_notes_a_root_digits_ignores_and_refuses_cuda_this_machine_lacks(tmp_path, monkeypatch):
+    """runtime.device: cuda on a machine without CUDA is exit 2 (every training stage would refuse, after DVC had
+    removed its outputs), unless `remflow run --address` runs the stages on a cluster's GPU nodes."""
     import torch
 
     raw = (ROOT / "params.yaml").read_text().replace("dataset: digits", "dataset: digits\n  root: /data/digits")
-    raw = raw.replace("device: cpu", "device: cuda")
-    assert "root: /data/digits" in raw and "device: cuda" in raw
     (tmp_path / "params.yaml").write_text(raw)
     r = _check(tmp_path / "params.yaml")
     assert r.exit_code == 0, r.output
-    flat = " ".join(r.output.split())
-    assert "data.root (/data/digits) is not read" in flat
-    assert ("no CUDA device" in flat) != torch.cuda.is_available()
+    assert "data.root (/data/digits) is not read" in " ".join(r.output.split())
+    (tmp_path / "params.yaml").write_text(raw.replace("device: cpu", "device: cuda"))
+    r = _check(tmp_path / "params.yaml")
+    if torch.cuda.is_available():
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 2 and "runtime.device" in r.output and "no CUDA device" in " ".join(r.output.split())
+    monkeypatch.setenv("REMFLOW_CUDA_ELSEWHERE", "1")  # what remflow run --address sets
+    r = _check(tmp_path / "params.yaml")
+    assert r.exit_code == 0 and "GPU nodes run the training stages" in " ".join(r.output.split()), r.output
 
 
 def test_check_refuses_a_count_beyond_the_training_set(tmp_path):
@@ -244,7 +251,7 @@ def test_bad_files_and_paths_are_input_errors_not_bugs(tmp_path):
     (tmp_path / "taken").mkdir()
     r = runner.invoke(app, ["corrupt", "--regularity", "high", "--seed", "0", "--out", str(tmp_path / "taken"),
                             "--params", str(ROOT / "params.yaml")])
-    assert r.exit_code == 2 and "Is a directory" in r.output and not list((tmp_path / "taken").iterdir())
+    assert r.exit_code == 2 and "--out is a folder" in r.output and not list((tmp_path / "taken").iterdir())
     import io
 
     import numpy as np
@@ -309,3 +316,82 @@ def test_check_refuses_a_tracked_section_the_params_file_does_not_write(tmp_path
     r = subprocess.run([sys.executable, "-m", "remflow", "check", "--params", str(tmp_path / "params.yaml"),
                         "--dvc", str(ROOT / "dvc.yaml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- from a walkthrough on a fresh clone (2026-12-07)
+
+
+def test_an_empty_grid_is_refused_at_grid_methods(tmp_path):
+    """A grid that runs no method would train every original and only then fail at evaluate; and it must name
+    grid.methods, not evaluate.taxonomy_run (which then lists no run)."""
+    raw = (ROOT / "params.yaml").read_text().replace("  methods: [none, retrain, finetune, rem]", "  methods: []")
+    assert "  methods: []" in raw
+    (tmp_path / "params.yaml").write_text(raw)
+    r = _check(tmp_path / "params.yaml")
+    assert r.exit_code == 2 and "grid.methods" in r.output and "runs no method" in " ".join(r.output.split())
+    assert "taxonomy_run" not in r.output
+
+
+def test_a_key_dvc_yaml_interpolates_must_be_written(tmp_path):
+    """Deleting `grid.seeds` leaves remflow its default, but DVC cannot resolve ${grid.seeds}: check says which key
+    (and `remflow run` runs the same check before DVC reads the project)."""
+    raw = (ROOT / "params.yaml").read_text().replace("  seeds: [0]\n", "")
+    assert "seeds" not in raw.split("grid:")[1].split("methods:")[0]
+    (tmp_path / "params.yaml").write_text(raw)
+    r = _check(tmp_path / "params.yaml")
+    flat = " ".join(r.output.replace("│", "").split())
+    assert r.exit_code == 2 and "${grid.seeds}" in flat and "ms.yaml: grid.seeds" in flat, r.output
+
+
+def test_run_names_a_missing_params_file_and_an_output_path_is_checked_before_training(tmp_path):
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    r = _remflow(tmp_path, "run", "--dry")
+    _one_screen(r)
+    assert "params file not found" in r.stderr and "DVC cannot read" not in r.stderr
+    (tmp_path / "taken.txt").write_text("mine")
+    r = runner.invoke(app, ["pretrain", "--manifest", str(tmp_path / "m.json"), "--out", str(tmp_path / "taken.txt"),
+                            "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "--out is a file" in r.output  # refused before the manifest is even read
+    assert (tmp_path / "taken.txt").read_text() == "mine"
+    r = runner.invoke(app, ["unlearn", "--run", "none", "--model", "m", "--manifest", "m", "--discovered", "d",
+                            "--out", str(tmp_path / "taken.txt" / "run"), "--params", str(ROOT / "params.yaml")])
+    assert r.exit_code == 2 and "a parent of --out is a file" in r.output
+
+
+def test_an_address_nothing_answers_is_refused_at_once():
+    """Ray retries a dead address for minutes; remflow run says so in one screen first."""
+    import socket
+    import time
+
+    from remflow.errors import RemflowError
+    from remflow.executor.core import _reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(RemflowError) as e:
+        _reachable(f"127.0.0.1:{port}", timeout=5)
+    assert e.value.key == "--address" and time.perf_counter() - start < 10
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _reachable(f"ray://127.0.0.1:{s.getsockname()[1]}")  # something answers: Ray takes it from there
+    _reachable("auto")
+
+
+def test_an_unknown_model_names_model_name(tmp_path):
+    raw = (ROOT / "params.yaml").read_text().replace("  name: cnn", "  name: resnet50")
+    (tmp_path / "params.yaml").write_text(raw)
+    r = _check(tmp_path / "params.yaml")
+    assert r.exit_code == 2 and "model.name" in r.output and "resnet50" in r.output
+
+
+def test_check_notes_when_the_code_that_runs_is_not_the_code_dvc_tracks(tmp_path):
+    """dvc.yaml's `code` folder is what DVC hashes; a remflow installed from another checkout runs other code."""
+    r = _check(ROOT / "params.yaml")
+    assert r.exit_code == 0 and "tracks the code at" not in r.output
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    r = runner.invoke(app, ["check", "--params", str(ROOT / "params.yaml"), "--dvc", str(tmp_path / "dvc.yaml")])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 0 and "tracks the code at" in flat and "pip install -e" in flat, r.output

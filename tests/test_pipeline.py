@@ -202,6 +202,11 @@ def test_recheck_records_a_refactor_and_refuses_a_change_of_results(repo):
     anchor = '    """The task of one cell: channels_last inputs on CUDA, the params\' augmentation."""\n'
     assert anchor in text
     task.write_text(text.replace(anchor, anchor + "    unused = None  # a refactor that changes no output\n"))
+    # a mistyped stage name is refused before the check stage records the new code: nothing is written
+    code = {f: f.read_bytes() for f in (repo.path / "artifacts" / "code").iterdir()}
+    res = repo.run("remflow", "recheck", "nosuch@stage", check=False)
+    assert res.returncode == 2 and "no such stage" in res.stderr, res.stdout + res.stderr
+    assert {f: f.read_bytes() for f in (repo.path / "artifacts" / "code").iterdir()} == code
     repo.run("remflow", "check", "--record", "artifacts/code")
     assert "changed deps" in repo.run("dvc", "status").stdout
     res = repo.run("remflow", "recheck", "--record")

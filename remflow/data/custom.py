@@ -193,7 +193,7 @@ def _decode(files: list[Path], resize: int | None, first: dict) -> np.ndarray:
 
 def read_npz(path: Path):
     if not path.is_file():
-        raise RemflowError("npz file not found", key=str(path), got="data.root",
+        raise RemflowError("npz file not found", key="data.root", got=str(path),
                            hint=f"data.root must be an .npz file holding {', '.join(ARRAY_KEYS)}")
     if not zipfile.is_zipfile(path):  # np.load would take it for a pickle (or a lone .npy) and say so
         raise RemflowError("not a readable npz file: not a whole zip archive (truncated, or another format)",

@@ -23,13 +23,25 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=
         raise RemflowError("no dvc.yaml here", key=str(root), hint="run `remflow run` in a suite's folder")
     if gpus is not None and gpus > 1 and gpus != int(gpus):
         raise RemflowError("more than one GPU per run must be a whole number", key="--gpus", got=gpus)
+    pipeline = "remflow check" in (root / "dvc.yaml").read_text()
+    if pipeline and not (root / "params.yaml").is_file():
+        raise RemflowError("params file not found", key=str(root / "params.yaml"),
+                           hint="a remflow pipeline reads its params.yaml (copy the repository's to start from)")
+    if address or os.environ.get("RAY_ADDRESS"):
+        from remflow.pipeline_check import CUDA_ELSEWHERE
+
+        os.environ[CUDA_ELSEWHERE] = "1"  # a cluster: its GPU nodes run the training stages
     opts, params = options_from(root, cpus=cpus, gpus=gpus, workers=workers, address=address, batch=batch,
                                 dry=dry)
-    if params is not None and not commit and "remflow check" in (root / "dvc.yaml").read_text():
-        from remflow.pipeline_check import check_data
+    if params is not None and not commit and pipeline:
+        from remflow.params import read_yaml
+        from remflow.pipeline_check import check_data, check_pipeline
 
-        # a remflow pipeline: missing dataset files or |D_c| beyond the data are refused before any stage's
-        # outputs are removed (its `check` stage runs only when params.yaml or the method code changed)
+        # a remflow pipeline: missing dataset files, |D_c| beyond the data, a key dvc.yaml needs that params.yaml
+        # does not write are refused before any stage's outputs are removed (its `check` stage runs only when
+        # params.yaml or the code changed)
+        check_pipeline(params, root / "dvc.yaml", raw=read_yaml(root / "params.yaml"),
+                       params_path=root / "params.yaml")
         check_data(params)
     if commit:
         with dvc_errors(root):

@@ -145,6 +145,8 @@ def _start_ray(opts: Options):
     # a ray.cluster_utils.Cluster last recorded on this machine, so a run beside such a cluster (the cluster test
     # on another pytest worker) ran its stages on that cluster's workers and died with it ("Failed to connect to
     # GCS"). To join a cluster started with `ray start`, pass its address or `--address auto`
+    if address:
+        _reachable(address)
     try:
         ray.init(address=address or "local", **kwargs)
     except Exception as e:  # noqa: BLE001  Ray's own startup: a timeout, a refused address, a stale session
@@ -154,6 +156,23 @@ def _start_ray(opts: Options):
                            hint="a local start times out on a machine busy with other work: run again when it is "
                                 "freer; for a cluster, check its address (`ray status` on the head node)") from e
     return ray, True
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """A `host:port` (or `ray://host:port`) that nothing answers is refused at once: Ray itself retries a dead
+    address for minutes, printing warnings."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return  # `auto` and other forms: Ray resolves them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RemflowError("no Ray cluster answers at this address", key="--address", got=address,
+                           hint=f"{e.strerror or e}; `ray status` on the head node prints its address "
+                                "(host:6379 by default)") from None
 
 
 def _quiet_raylet_messages() -> None:
@@ -343,7 +362,10 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
         cmds = stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]
         return StageSpec(stage.addressing, [c for c in cmds if c.strip()], str(Path(stage.wdir).resolve()),
                          str(log_dir / _log_name(stage.addressing)),
-                         {"DVC_ROOT": str(root), "DVC_STAGE": stage.addressing})
+                         {"DVC_ROOT": str(root), "DVC_STAGE": stage.addressing,
+                          # a cluster run's stages may validate runtime.device: cuda on a node without CUDA
+                          # (pipeline_check.CUDA_ELSEWHERE, set by run_command)
+                          **({"REMFLOW_CUDA_ELSEWHERE": "1"} if os.environ.get("REMFLOW_CUDA_ELSEWHERE") else {})})
 
     while (ready or running or finished or saved) and not stop["now"]:
         # hand ready stages to idle workers; what DVC's run cache holds is checked out, not run (`dvc repro`)

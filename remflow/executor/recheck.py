@@ -115,6 +115,11 @@ def recheck(root: Path, stages: list[str] | None = None, record: bool = False, e
     os.chdir(root)  # DVC resolves stage names against the working directory
     try:
         with Repo(str(root)) as repo, repo.lock:
+            known = {s.addressing for s in repo.index.stages}
+            unknown = [n for n in stages or [] if n not in known]
+            if unknown:  # before the check stage runs: a mistyped name writes nothing
+                raise RemflowError("no such stage", key=unknown[0], got=unknown,
+                                   hint="`dvc stage list` names them (e.g. pretrain@high-0-standard)")
             check = [s for s in repo.index.stages if s.addressing == "check"]
             if check and check[0].changed():
                 _run_check_stage(root, check[0])
