@@ -182,6 +182,32 @@ def bootstrap_mean_diff(a: list[float], b: list[float], seed: int = 0) -> Paired
     return Paired(diff, float("nan"), float("nan"), n)
 
 
+def cluster_bootstrap_mean_diff(d: list[float], groups: list, seed: int = 0) -> Paired:
+    """The mean of the differences `d` with a 95% percentile interval that resamples whole groups, not cells:
+    the cells of one original model (a regularity and a seed: every rate's D_f is drawn from its one D_c, and
+    every method starts from its one checkpoint) move together, so resampling cells as if independent makes the
+    interval too narrow. `pairs` of the result counts the groups. Seeded."""
+    import numpy as np
+
+    x = np.asarray(d, dtype=float)
+    keys = list(dict.fromkeys(groups))
+    if len(x) == 0:
+        return Paired(float("nan"), float("nan"), float("nan"), 0)
+    diff = float(x.mean())
+    if len(keys) < 2:
+        return Paired(diff, float("nan"), float("nan"), len(keys))
+    where = {k: i for i, k in enumerate(keys)}
+    at = np.array([where[g] for g in groups])
+    sums = np.bincount(at, weights=x, minlength=len(keys))
+    counts = np.bincount(at, minlength=len(keys)).astype(float)
+    if np.allclose(sums / counts, diff):  # every group differs by the same amount: the interval is that point
+        return Paired(diff, diff, diff, len(keys))
+    pick = np.random.default_rng(seed).integers(0, len(keys), (RESAMPLES, len(keys)))
+    stat = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    low, high = np.percentile(stat, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+    return Paired(diff, float(low), float(high), len(keys))
+
+
 def pick_reference(rows: list[dict], wanted: str | None = None) -> str:
     """The reference run: `wanted` (it must be in the results), else rem, else the first run of the results."""
     runs = runs_in_order(rows)
@@ -213,7 +239,13 @@ def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str,
         for col in ["all"] + regularities_of(rows):
             ks = [k for k in keys if col == "all" or k[0] == col]
             out[run][col] = bootstrap_mean_diff([mine[k] for k in ks], [ref[k] for k in ks])
+        # the same cells, resampled by original model: (regularity, seed, corruption)
+        out[run][BY_ORIGINAL] = cluster_bootstrap_mean_diff([mine[k] - ref[k] for k in keys],
+                                                            [(k[0], k[2], k[3]) for k in keys])
     return out
+
+
+BY_ORIGINAL = "by original"  # paired()'s column of the interval that resamples original models, not cells
 
 
 # ---------------------------------------------------------------- tables, built once and rendered to each format
@@ -298,16 +330,28 @@ def paired_text(p: Paired) -> str:
 def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Table:
     """Every run against the reference: mean difference [95% interval] of `metric`, over matched rows."""
     cmp = paired(rows, reference, metric)
-    cols = ["all"] + regularities_of(rows)
-    body = [[run, str(by["all"].pairs)] + [paired_text(by[c]) for c in cols] for run, by in cmp.items()]
+    cols = ["all", BY_ORIGINAL] + regularities_of(rows)
+
+    def text(p: Paired, col: str) -> str:
+        if col != BY_ORIGINAL or p.pairs == 0:
+            return paired_text(p)
+        return ("—" if math.isnan(p.low) else f"[{signed(p.low)}, {signed(p.high)}]") + f" ({p.pairs})"
+
+    body = [[run, str(by["all"].pairs)] + [text(by[c], c) for c in cols] for run, by in cmp.items()]
     bold = {(i, j + 2) for i, by in enumerate(cmp.values()) for j, c in enumerate(cols) if by[c].excludes_zero}
     name = TITLES.get(metric, metric)
-    fewest = min((p.pairs for by in cmp.values() for p in by.values()), default=0)
+    fewest = min((p.pairs for by in cmp.values() for c, p in by.items() if c != BY_ORIGINAL), default=0)
     rough = f" With {fewest} pairs an interval is rough." if 0 < fewest < 6 else ""
+    originals = max((by[BY_ORIGINAL].pairs for by in cmp.values()), default=0)
+    few = (f" With {originals} originals the by-original interval is rough (a percentile interval over few groups "
+           "is too narrow)." if 0 < originals < 10 else "")
     return Table(f"{name} (%) minus {reference}'s over the same cells and seeds: mean [95% bootstrap interval]",
                  [f"{name} − {reference} (points)", "pairs"] + cols, body, bold, mark="*",
                  note=f"*, bold: the 95% interval excludes 0 (scipy.stats.bootstrap, paired, BCa, {RESAMPLES} "
-                      f"resamples, seed 0); pairs: the (regularity, rate, seed) rows both runs have.{rough}")
+                      f"resamples, seed 0); pairs: the (regularity, rate, seed) rows both runs have. {BY_ORIGINAL}: "
+                      "the interval of `all` when whole original models (a regularity and a seed, with all their "
+                      "rates) are resampled instead of cells, since one original's cells move together "
+                      f"(percentile, {RESAMPLES} resamples, seed 0; in brackets the originals).{rough}{few}")
 
 
 def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> list[Table]:

@@ -253,6 +253,32 @@ def test_paired_differences_with_bootstrap_intervals(tmp_path):
     assert "excludes 0" in md
 
 
+def test_the_by_original_interval_resamples_whole_originals():
+    """Cells of one original move together: an effect that one original carries alone is significant when cells
+    are resampled as if independent, and not when the originals are; an effect every original shares stays."""
+    import numpy as np
+
+    groups = [(reg, seed, "") for reg in ("high", "medium", "low") for seed in (0, 1) for _ in range(4)]
+    shared = [0.1 + 0.01 * (i % 4) for i in range(24)]
+    one = [0.6 if g == ("high", 0, "") else 0.0 for g in groups]  # one original of six carries it all
+    s = report.cluster_bootstrap_mean_diff(shared, groups)
+    assert s.pairs == 6 and s.excludes_zero and s.low <= s.diff <= s.high
+    o = report.cluster_bootstrap_mean_diff(one, groups)
+    cells = report.bootstrap_mean_diff(one, [0.0] * 24)
+    assert o.diff == pytest.approx(0.1) and not o.excludes_zero and o.low == 0.0
+    assert cells.excludes_zero  # the cell-level interval is fooled by the four cells of one original
+    assert report.cluster_bootstrap_mean_diff(one, groups) == o  # seeded
+    assert np.isnan(report.cluster_bootstrap_mean_diff([0.1, 0.2], [("a",), ("a",)]).low)  # one original
+
+
+def test_the_paired_table_shows_the_by_original_interval(tmp_path):
+    rows = report.read_csv(paired_rows(tmp_path))
+    by = report.paired(rows, "rem")["better"][report.BY_ORIGINAL]
+    assert by.pairs == 4 and by.excludes_zero  # (high|low) x seeds 0, 1
+    md = report.to_markdown(report.paired_table(rows, "rem"))
+    assert "| by original |" in md and "(4)** *" in md and "originals the by-original interval is rough" in md
+
+
 def test_evaluate_reports_the_paired_comparison_in_every_format(tmp_path):
     path = paired_rows(tmp_path)
     runner = CliRunner()
