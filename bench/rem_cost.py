@@ -15,6 +15,7 @@ difference efficient - REM of Utility x Healed with a 95% bootstrap interval, an
     python bench/rem_cost.py --params pipelines/fashion-mnist/params.yaml --seeds 0,1
     python bench/rem_cost.py --cells high:0.5,low:1.0 --seeds 0
     python bench/rem_cost.py --set expand_last=2 --set patience=3   # a variant of the efficient mode
+    python bench/rem_cost.py --from-csv pipelines/fashion-mnist-large/reports/parts/*.csv   # committed runs
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def main():
     ap.add_argument("--efficient", default="rem_fast", help="the efficient method (default rem_fast)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the efficient method's config (YAML value), repeatable")
+    ap.add_argument("--from-csv", nargs="+", default=None, metavar="RESULTS_CSV",
+                    help="read the runs from results.csv files instead of running them")
     args = ap.parse_args()
     eff = args.efficient
+    if args.from_csv:
+        return from_csv(args.from_csv, eff)
     eff_cfg = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     methods = {"none": {}, "retrain": {}, "rem": {}, eff: eff_cfg}
     bench = Bench(Path(args.params), {"methods": methods, "grid": {"methods": list(methods), "etd_methods": []}})
@@ -66,14 +71,27 @@ def main():
             f"{row[n]['unlearn_seconds']:10.2f} {row[n]['peak_memory_mb']:6.1f} "
             f"{row[n]['params_peak'] / row[n]['params_deployed']:5.2f} {100 * row[n]['score']:6.2f}" for n in names),
             flush=True)
+    summarise(rows, cells, names)
+
+
+def summarise(rows: list[dict], cells: list[tuple], names: tuple[str, str, str]) -> None:
+    """The totals, the paired differences and the three target lines, from per-cell rows
+    ({run: {unlearn_seconds, peak_memory_mb, params_peak, params_deployed, score}}) of Retrain, REM and the
+    efficient method (`names`, in that order)."""
+    eff = names[2]
     t = {n: sum(r[n]["unlearn_seconds"] for r in rows) for n in names}
     sc = {n: statistics.mean(r[n]["score"] for r in rows) for n in names}
+    low_base = sum(r["retrain"]["peak_memory_mb"] < 1.0 for r in rows)
     mem = {n: statistics.median(r[n]["peak_memory_mb"] / max(r["retrain"]["peak_memory_mb"], 1e-9) for r in rows)
            for n in names}
     pp = {n: max(r[n]["params_peak"] / r[n]["params_deployed"] for r in rows) for n in names}
     print(f"total seconds: " + ", ".join(f"{n} {t[n]:.1f}" for n in names))
     print(f"mean Utility x Healed: " + ", ".join(f"{n} {100 * sc[n]:.2f}" for n in names))
-    print(f"peak memory / retrain's (median over cells): " + ", ".join(f"{n} {mem[n]:.2f}" for n in names))
+    if low_base:  # the high-water mark above the process's start: a worker that trained before has its peak
+        print(f"peak memory / retrain's: not comparable here (Retrain's peak above its process's start is under "
+              f"1 MB in {low_base} of {len(rows)} cells)")
+    else:
+        print(f"peak memory / retrain's (median over cells): " + ", ".join(f"{n} {mem[n]:.2f}" for n in names))
     from remflow.report import bootstrap_mean_diff
 
     for a, b in ((eff, "rem"), (eff, "retrain"), ("rem", "retrain")):
@@ -88,6 +106,31 @@ def main():
     print(f"efficient/retrain time: {t[eff] / t['retrain']:.2f}")
     print(f"efficient peak params / deployed: {pp[eff]:.2f}")
     print(f"efficient score / rem score: {sc[eff] / sc['rem']:.2f}")
+
+
+def from_csv(paths: list[str], eff: str) -> None:
+    """The same summary from results.csv files that hold Retrain, REM and the efficient method on the same
+    cells (a suite's committed report, or the parts of a split one: cells pair within a file only)."""
+    import csv
+
+    names = ("retrain", "rem", eff)
+    by_cell: dict[tuple, dict] = {}
+    for i, path in enumerate(paths):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["run"] not in names or r.get("view"):
+                    continue
+                cell = (i, r["regularity"], float(r["discovery_rate"]), int(r["seed"]))
+                by_cell.setdefault(cell, {})[r["run"]] = {
+                    "unlearn_seconds": float(r["unlearn_seconds"]), "peak_memory_mb": float(r["peak_memory_mb"]),
+                    "params_peak": float(r["params_peak"]), "params_deployed": float(r["params_deployed"]),
+                    "score": float(r["score"])}
+    keys = sorted((k for k, v in by_cell.items() if all(n in v for n in names)), key=lambda k: (*k[1:], k[0]))
+    if not keys:
+        raise SystemExit(f"no cell of {', '.join(paths)} has all of {', '.join(names)}")
+    print(f"Retrain, REM and {eff} on {len(keys)} cells of {len(paths)} results file(s) (their own timings: "
+          "the runs of one file ran in one suite run)")
+    summarise([by_cell[k] for k in keys], [k[1:] for k in keys], names)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,24 @@ def test_robustness_cost_reads_a_committed_report_as_it_reads_run_records(tmp_pa
                 runpy.run_path(str(ROOT / "bench" / "robustness_cost.py"), run_name="__main__")
         finally:
             sys.argv = argv
+
+
+def test_rem_cost_reads_the_three_targets_from_results_files(tmp_path, capsys):
+    """bench/rem_cost.py --from-csv: DESIGN 5's efficient-mode targets from committed reports, cells paired within
+    each file (two files of the same cell and seed are two cells, not one)."""
+    header = "run,regularity,discovery_rate,seed,unlearn_seconds,peak_memory_mb,params_peak,params_deployed,score,view\n"
+    runs = {"retrain": (100.0, 10.0, 1000, 0.40), "rem": (110.0, 30.0, 7880, 0.50), "rem_fast": (30.0, 20.0, 1450, 0.55)}
+    for name, bump in (("a.csv", 0.0), ("b.csv", 0.1)):
+        lines = [f"{r},high,0.5,0,{t},{m},{pp},1000,{s + bump},\n" for r, (t, m, pp, s) in runs.items()]
+        lines.append("rem,high,0.5,0,1,1,1000,1000,0.9,found\n")  # a detection-study row: not the oracle's cell
+        (tmp_path / name).write_text(header + "".join(lines))
+    argv, sys.argv = sys.argv, ["rem_cost.py", "--from-csv", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    try:
+        runpy.run_path(str(ROOT / "bench" / "rem_cost.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "on 2 cells of 2 results file(s)" in out
+    assert "efficient/retrain time: 0.30" in out and "efficient peak params / deployed: 1.45" in out
+    assert "efficient score / rem score: 1.09" in out  # (0.55 + 0.65) / (0.50 + 0.60)
+    assert "rem_fast 2.00" in out  # peak memory over Retrain's, median of the cells
