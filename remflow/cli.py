@@ -51,8 +51,14 @@ _no_type_for_flags()
 
 
 def _wide() -> Console:
-    """The console for tables: piped or captured output has no terminal width, so do not cut tables at 80 columns."""
-    return out if out.is_terminal else Console(width=400)
+    """The console for tables: piped or captured output has no terminal width, so do not cut tables at 80 columns
+    (unless COLUMNS says how wide to be)."""
+    import os
+
+    if out.is_terminal:
+        return out
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) > 0 else 400)
 
 
 def _print_table(table) -> None:

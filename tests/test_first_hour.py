@@ -279,6 +279,7 @@ def test_methods_wraps_its_defaults_instead_of_cutting_them():
     assert r.exit_code == 0
     assert "…" not in r.output and "..." not in r.output
     assert "removal_pass" in r.output.replace("\n", "").replace("│", "").replace(" ", "")
+    assert max(len(line) for line in r.output.splitlines()) <= 100  # piped: COLUMNS says how wide
 
 
 def test_compare_shows_params_not_dependency_hashes(monkeypatch, tmp_path):
