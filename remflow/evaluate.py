@@ -8,6 +8,7 @@ checkpoint, no dataset. A record whose manifest or discovered set changed since 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from remflow.config import ParamsBase
@@ -111,6 +112,50 @@ def _regularity(probes_dir: str | Path, manifest_path: str, manifest_sha: str, c
     return cache[manifest_path]
 
 
+def _written(entry) -> dict:
+    """The settings a `methods:` entry writes: a mapping (evaluate's light schema) or a validated config."""
+    if entry is None:
+        return {}
+    if isinstance(entry, dict):
+        return dict(entry)
+    fields = getattr(entry, "model_fields_set", None)
+    return entry.model_dump(include=set(fields) | {"method"}) if fields is not None else {}
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _same_settings(params, rec: dict, folder: Path) -> None:
+    """What params.yaml's `methods.<run>` writes is what the run's record was made with. Evaluate imports no
+    method (no torch), so this is how it checks that entry: a key the method's config does not have, or a value
+    other than the run used (a run made before params changed: `dvc repro` reruns it)."""
+    run, config = rec.get("run"), rec.get("config")
+    if not isinstance(config, dict) or run not in (params.methods or {}):
+        return
+    for key, value in _written(params.methods[run]).items():
+        if key == "method":
+            if value != rec.get("method"):
+                raise RemflowError(f"run is stale: made with method {rec.get('method')}, params say {value}",
+                                   key=f"methods.{run}.method", got=value, hint="run `dvc repro`")
+            continue
+        if key not in config:
+            raise RemflowError(f"unknown key (a typo?): {config.get('method', run)}'s settings have no '{key}'",
+                               key=f"methods.{run}.{key}", got=value,
+                               hint="`remflow methods` lists each method's settings; `remflow check` validates all")
+        if not _same_value(value, config[key]):
+            raise RemflowError(f"run is stale: made with methods.{run}.{key} = {config[key]!r}, params say "
+                               f"{value!r}", key=str(folder), got=value, hint="run `dvc repro`")
+
+
 def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe"
              ) -> tuple[list[dict], dict]:
     """One row per run of the grid (and of the detection study), from the run records; and the data they ran on
@@ -139,6 +184,7 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
         elif data != dataset:
             raise RemflowError("runs of one grid trained on other data (dataset or split settings changed)",
                                key=str(folder), got=(data or {}).get("about"), hint="run `dvc repro`")
+        _same_settings(params, rec, folder)
         score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
         rows.append(row_of(rec, folder, score))
         if inputs["manifest"] not in corrupted:

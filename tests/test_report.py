@@ -368,3 +368,32 @@ def test_evaluate_reads_records_only_no_torch():
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_evaluate_checks_the_methods_entries_against_the_runs_records(tmp_path):
+    """Evaluate imports no method, so its schema leaves `methods:` entries unchecked; it holds each entry against
+    the config the run's record was made with: an unknown key and a changed value are refused (exit 2 under the
+    CLI), the shipped entries (values as YAML writes them, the records' as JSON) pass."""
+    import json
+
+    from conftest import merge, root_params
+    from remflow.errors import RemflowError
+    from remflow.evaluate import _same_settings
+    from remflow.params import load_params, validate
+
+    def light(over):
+        path = tmp_path / "p.yaml"
+        path.write_text(json.dumps(merge(root_params(), over)))
+        return load_params(path, light=True)
+
+    full = validate(merge(root_params(), {"methods": {"rem": {"beta": 2, "keep": 0.2}}}))
+    record = {"run": "rem", "method": "rem", "config": json.loads(json.dumps(full.methods["rem"].model_dump()))}
+    _same_settings(light({"methods": {"rem": {"beta": 2, "keep": 0.2}}}), record, tmp_path)
+    _same_settings(full, record, tmp_path)
+    with pytest.raises(RemflowError, match="no 'bogus_key'") as e:
+        _same_settings(light({"methods": {"rem": {"bogus_key": 1}}}), record, tmp_path)
+    assert e.value.key == "methods.rem.bogus_key"
+    with pytest.raises(RemflowError, match=r"run is stale: made with methods.rem.beta = 2"):
+        _same_settings(light({"methods": {"rem": {"beta": 1}}}), record, tmp_path)
+    with pytest.raises(RemflowError, match="made with method rem, params say finetune"):
+        _same_settings(light({"methods": {"rem": {"method": "finetune"}}}), record, tmp_path)
