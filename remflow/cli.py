@@ -472,7 +472,9 @@ def main() -> None:
         if os.environ.get("REMFLOW_DEBUG"):
             raise
         frames = traceback.extract_tb(e.__traceback__)
-        user = [f for f in frames if _users_code(f.filename)]
+        from remflow.errors import users_code
+
+        user = [f for f in frames if users_code(f.filename)]
         if user:  # raised in a plug-in (the user's model, reader or other code remflow called)
             where = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].name})"
             err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
@@ -487,15 +489,3 @@ def main() -> None:
                         title="[red]remflow: unexpected error[/red]", title_align="left"))
         sys.exit(1)
 
-
-def _users_code(filename: str) -> bool:
-    """A traceback frame's file is the user's: neither remflow's package nor the Python installation (the
-    standard library, site-packages) nor a frozen module."""
-    import os
-
-    if filename.startswith("<"):
-        return False
-    path = os.path.realpath(filename)
-    installed = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    package = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
-    return not any(path == d or path.startswith(d + os.sep) for d in installed | {package})

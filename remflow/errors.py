@@ -16,3 +16,30 @@ class RemflowError(Exception):
         self.key = key
         self.got = got
         self.hint = hint
+
+
+def users_code(filename: str) -> bool:
+    """A traceback frame's file is the user's: neither remflow's package nor the Python installation (the
+    standard library, site-packages) nor a frozen module."""
+    import os
+    import sys
+
+    if filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    installed = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    package = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    return not any(path == d or path.startswith(d + os.sep) for d in installed | {package})
+
+
+def where_raised(e: BaseException) -> str:
+    """`file:line` of the innermost frame of the user's own code in `e`'s traceback (a plug-in calling numpy
+    fails inside numpy: the user's line is the one to show), else of the innermost frame."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return "?"
+    user = [f for f in frames if users_code(f.filename)]
+    f = (user or frames)[-1]
+    return f"{f.filename}:{f.lineno}"

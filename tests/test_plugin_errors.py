@@ -167,3 +167,16 @@ def test_a_broken_method_module_is_named_with_exit_code_2(tmp_path, body, needle
     assert "Traceback" not in out and "bug in remflow" not in out
     for n in needles:
         assert n in out, (n, out)
+
+
+def test_a_reader_failing_inside_numpy_points_at_the_users_line(tmp_path, monkeypatch):
+    """The reader's exception is raised in numpy; the hint names the user's line that called it."""
+    name = f"own_reader_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / f"{name}.py").write_text("import numpy as np\n\ndef load(root=None):\n"
+                                                   "    return np.load(root)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    p = merge(root_params(), {"data": {"dataset": f"{name}:load", "root": str(tmp_path / "missing.npz")}})
+    r = invoke("check", "--params", str(write_yaml(tmp_path / "params.yaml", p)), "--dvc", str(ROOT / "dvc.yaml"))
+    flat = "".join(r.output.replace("│", "").split())
+    assert r.exit_code == 2 and f"{name}.py:4" in flat, r.output

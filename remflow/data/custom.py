@@ -232,10 +232,9 @@ def read_plugin(ref: str, root: str | None, options: dict):
 
 
 def _where(e: Exception) -> str:
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return "raised at " + (f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?")
+    from remflow.errors import where_raised
+
+    return "raised at " + where_raised(e)
 
 
 def check_arrays(arrays: dict, where: str):
