@@ -480,6 +480,10 @@ def read_results(paths: list[Path]) -> list[dict]:
     seen: dict[tuple, Path] = {}
     needed = {"run", "regularity", "discovery_rate", "seed", "healed", "utility", "score"}
     for path in paths:
+        if path.is_dir():
+            inside = path / "results.csv"
+            raise RemflowError("--from-csv takes a results.csv file; this is a folder", key=str(path),
+                               hint=f"--from-csv {inside}" if inside.is_file() else "name the results.csv file")
         if not path.is_file():
             raise RemflowError("results file not found", key=str(path), hint="run `dvc repro` first")
         try:

@@ -296,6 +296,8 @@ def test_evaluate_reports_the_paired_comparison_in_every_format(tmp_path):
     assert "| better | 8 | **+10.00" in r.output
     r = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--reference", "nope"])
     assert r.exit_code == 2 and "--reference" in r.output and "nope" in r.output
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(tmp_path)])  # a folder, not its results.csv
+    assert r.exit_code == 2 and "this is a folder" in r.output
     # without rem in the results the first run is the reference
     no_rem = paired_rows(tmp_path, runs=("same", "better"))
     r = runner.invoke(app, ["evaluate", "--from-csv", str(no_rem), "--format", "json"])
