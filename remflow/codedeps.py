@@ -272,7 +272,7 @@ def fingerprints(params, mdir: Path) -> dict[str, dict]:
 
 def _is_fingerprint(path: Path) -> bool:
     """A file `record` writes: a JSON object naming the files (and definitions) it hashes for a run or command, or
-    the temporary file of one that an interrupted write left (`.<name>.json.<pid>-<random>.tmp`, remflow.io)."""
+    the temporary file of one that an interrupted write left (`.<name>.json.<host>.<pid>-<random>.tmp`, remflow.io)."""
     if path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp") and ".json." in path.name:
         return True
     if not path.is_file() or path.suffix != ".json":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 class RemflowError(Exception):
     """A problem with what the user gave (params, files, flags), never a bug in remflow.
@@ -24,10 +26,16 @@ def users_code(filename: str) -> bool:
     import os
     import sys
 
+    import site
+
     if filename.startswith("<"):
         return False
     path = os.path.realpath(filename)
+    if {"site-packages", "dist-packages"} & set(path.split(os.sep)):  # installed packages, wherever they live
+        return False
     installed = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    with contextlib.suppress(Exception):  # a virtualenv's site module may lack these
+        installed |= {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
     package = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
     return not any(path == d or path.startswith(d + os.sep) for d in installed | {package})
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from remflow.config import ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
+from remflow.progress import log
 from remflow.records import resolution, row_of, run_label
 
 PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
@@ -122,7 +123,23 @@ def _written(entry) -> dict:
     return entry.model_dump(include=set(fields) | {"method"}) if fields is not None else {}
 
 
+def _lax(value, like):
+    """`value` as written in YAML, coerced the way pydantic's lax mode turns it into the type of `like` (what the
+    record stores): 'yes' / 1 for a bool, '0.01' for a number. Unchanged where no such coercion applies."""
+    if isinstance(like, bool) and not isinstance(value, bool):
+        text = str(value).strip().lower()
+        return {"1": True, "true": True, "yes": True, "on": True, "y": True, "t": True,
+                "0": False, "false": False, "no": False, "off": False, "n": False, "f": False}.get(text, value)
+    if isinstance(like, (int, float)) and not isinstance(like, bool) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _same_value(a, b) -> bool:
+    a = _lax(a, b)
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b if isinstance(a, bool) and isinstance(b, bool) else False
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -134,26 +151,30 @@ def _same_value(a, b) -> bool:
     return a == b
 
 
-def _same_settings(params, rec: dict, folder: Path) -> None:
-    """What params.yaml's `methods.<run>` writes is what the run's record was made with. Evaluate imports no
-    method (no torch), so this is how it checks that entry: a key the method's config does not have, or a value
-    other than the run used (a run made before params changed: `dvc repro` reruns it)."""
+def _settings_notes(params, rec: dict, folder: Path) -> list[tuple[str, str]]:
+    """What params.yaml's `methods.<run>` writes against what the run's record was made with. Evaluate imports no
+    method (no torch), so this is its look at those entries: a key the method's config does not have (a typo),
+    or a value other than the run used (a run made before params changed). Notes, not errors: a config's own
+    validators may rewrite a value (or take an alias) in ways only `remflow check`, which validates every entry,
+    can tell, and refusing here would stop an up-to-date pipeline that DVC would never rerun."""
     run, config = rec.get("run"), rec.get("config")
     if not isinstance(config, dict) or run not in (params.methods or {}):
-        return
+        return []
+    notes = []
     for key, value in _written(params.methods[run]).items():
         if key == "method":
             if value != rec.get("method"):
-                raise RemflowError(f"run is stale: made with method {rec.get('method')}, params say {value}",
-                                   key=f"methods.{run}.method", got=value, hint="run `dvc repro`")
-            continue
-        if key not in config:
-            raise RemflowError(f"unknown key (a typo?): {config.get('method', run)}'s settings have no '{key}'",
-                               key=f"methods.{run}.{key}", got=value,
-                               hint="`remflow methods` lists each method's settings; `remflow check` validates all")
-        if not _same_value(value, config[key]):
-            raise RemflowError(f"run is stale: made with methods.{run}.{key} = {config[key]!r}, params say "
-                               f"{value!r}", key=str(folder), got=value, hint="run `dvc repro`")
+                notes.append((f"{run}.method", f"{folder.name} was made with method {rec.get('method')}, params' "
+                              f"methods.{run} says {value}: run `dvc repro`"))
+        elif key not in config:
+            notes.append((f"{run}.{key}", f"methods.{run}.{key} is not among the settings "
+                          f"{config.get('method', run)}'s runs were made with (a typo? `remflow check` validates "
+                          "every entry)"))
+        elif not _same_value(value, config[key]):
+            notes.append((f"{run}.{key}", f"{folder.name} (and maybe more of {run}'s runs) was made with "
+                          f"methods.{run}.{key} = {config[key]!r}, params say {value!r}: if params changed since, "
+                          "run `dvc repro`"))
+    return notes
 
 
 def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe"
@@ -163,6 +184,7 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
     runs = collect_runs(params, runs_dir) + collect_detection_runs(params, runs_dir)
     digests: dict[str, str] = {}
     probes: dict[str, float] = {}
+    notes: dict[str, str] = {}  # one note per key or run (not per cell)
     corrupted: dict[str, int] = {}  # manifest -> |D_c|
     forget: dict[float, int] = {}  # discovery rate -> the smallest |D_f| drawn at it
     dataset: dict | None = None
@@ -184,14 +206,17 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
         elif data != dataset:
             raise RemflowError("runs of one grid trained on other data (dataset or split settings changed)",
                                key=str(folder), got=(data or {}).get("about"), hint="run `dvc repro`")
-        _same_settings(params, rec, folder)
+        for key, note in _settings_notes(params, rec, folder):
+            notes.setdefault(key, note)
         score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
         rows.append(row_of(rec, folder, score))
-        if inputs["manifest"] not in corrupted:
+        if rec.get("study") != "detection" and inputs["manifest"] not in corrupted:  # the grid's D_c only
             corrupted[inputs["manifest"]] = len(read_json(inputs["manifest"], "corruption manifest").get("indices", []))
         if rec.get("study") != "detection" and isinstance(rec.get("forgotten"), int):
             rate = float(rec["discovery_rate"])
             forget[rate] = min(forget.get(rate, rec["forgotten"]), rec["forgotten"])
+    for note in list(notes.values())[:10]:
+        log(f"note: {note}")
     out = dict(dataset or {})
     if corrupted and forget:
         lowest = min(forget)

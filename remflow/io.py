@@ -8,11 +8,14 @@ never executes code, and a truncated or foreign file gives a RemflowError instea
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,28 +32,41 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # another user's process, or a platform without signals: assume alive
+    except (PermissionError, OSError, OverflowError, ValueError):  # another user's, or not a pid: assume alive
         return True
     return True
 
 
+@functools.cache
+def _host() -> str:
+    """This host, as 8 hex digits: a process id means something only on the host that issued it (a project
+    folder may be shared by a cluster's nodes)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _temp_prefix(path: Path) -> str:
-    """`.<name>.<pid>-`: a temporary sibling names the process that writes it, so a later writer can tell an
-    orphan (its process killed mid-write) from another process's write in progress."""
-    return f".{path.name}.{os.getpid()}-"
+    """`.<name>.<host>.<pid>-`: a temporary sibling names the host and process that write it, so a later writer
+    on the same host can tell an orphan (its process killed mid-write) from a write in progress."""
+    return f".{path.name}.{_host()}.{os.getpid()}-"
+
+
+# what follows `.<name>.` in a temporary of _temp_prefix's, as mkstemp / mkdtemp complete it (8 random characters)
+_TEMP_REST = re.compile(r"([0-9a-f]{8})\.([0-9]{1,10})-[a-z0-9_]{8}\.(tmp|old)")
 
 
 def sweep_orphans(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary siblings of `path` that a killed writer left (`.<name>.<pid>-*.tmp` / `.old` whose
-    process is gone on this host); return them. A live process's temporaries are kept."""
+    """Remove the temporary siblings of `path` that a killed writer on this host left
+    (`.<name>.<host>.<pid>-<random>.tmp` / `.old` whose process is gone); return them. Another host's, a live
+    process's and any other name's (another output's, another tool's) are kept."""
     path = Path(path)
     removed = []
     with contextlib.suppress(OSError):
-        for p in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
-            if p.suffix not in (".tmp", ".old"):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            m = _TEMP_REST.fullmatch(p.name[len(path.name) + 2:])
+            if m is None or m.group(1) != _host():
                 continue
-            pid = p.name[len(path.name) + 2:].split("-", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            pid = int(m.group(2))
+            if pid == os.getpid() or _pid_alive(pid):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -93,6 +93,9 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
         raise RemflowError("no `stages:` mapping", key=str(dvc_path))
     # names that dvc.yaml defines itself (`vars:`) or per stage (`item`, `key`): not params.yaml's
     local = {"item", "key"} | {k for v in spec.get("vars") or [] if isinstance(v, dict) for k in v}
+    # values from files dvc.yaml names (`vars: [config.yaml]`) or a stage's own `vars:`: not checked against params
+    opaque = any(not isinstance(v, dict) for v in spec.get("vars") or []) or any(
+        isinstance(st, dict) and st.get("vars") for st in spec["stages"].values())
     n = 0
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage) if isinstance(stage, dict) else {}
@@ -133,8 +136,9 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
             if ref not in GridCfg.model_fields:
                 raise RemflowError(f"stage '{name}' refers to ${{grid.{ref}}}, which params' grid does not have",
                                    key=f"{dvc_path}: stages.{name}", got=ref)
-        if raw is not None:  # DVC interpolates these from the file as written: a key left to its default is absent
-            for ref in _REF.findall(text):
+        if raw is not None and not opaque:  # DVC interpolates these from the file as written: a key left to its
+            # default is absent (escaped `\${...}` is not interpolated)
+            for ref in _REF.findall(re.sub(r"\\\$\{[^}]*\}", "", text)):
                 if ref.split(".")[0] not in local and not _present(raw, ref):
                     raise RemflowError(f"stage '{name}' interpolates ${{{ref}}}, which {Path(params_path).name} "
                                        "does not write: DVC cannot read the project without it",
@@ -205,7 +209,12 @@ def check_model(cfg, splits, batch_size: int | None = None) -> None:
     from remflow.models import build_model
 
     model = build_model(cfg, splits.in_channels, splits.num_classes, splits.image_size)  # RemflowError: key model
+    # two training images, normalised as the task feeds them (zeros would make a per-image standardisation nan)
     x = torch.zeros(2, splits.in_channels, splits.image_size, splits.image_size)
+    if len(splits.train_x) >= 2:
+        mean = torch.tensor(splits.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(splits.std, dtype=torch.float32).view(1, -1, 1, 1).clamp_min(1e-6)
+        x = (torch.from_numpy(splits.train_x[:2].astype("float32")) / 255.0 - mean) / std
     shape = f"{splits.in_channels}x{splits.image_size}x{splits.image_size} images"
     model.eval()
     try:

@@ -85,22 +85,31 @@ def _killed_mid_write(target) -> None:
 
 
 def test_a_killed_writers_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
+    from remflow.io import _host
+
     out = tmp_path / "runs" / "rem-high-0.1-0"
     _killed_mid_write(out)
     orphans = [p.name for p in out.parent.iterdir()]
-    assert len(orphans) == 1 and orphans[0].startswith(".rem-high-0.1-0.") and orphans[0].endswith(".tmp")
-    live = out.parent / f".rem-high-0.1-0.{os.getppid()}-abc.tmp"  # a process that is alive: its write goes on
-    live.mkdir()
-    other = out.parent / ".rem-high-0.1-00.999999999-abc.tmp"  # another output's name: not this path's orphan
-    other.mkdir()
+    assert len(orphans) == 1 and orphans[0].startswith(f".rem-high-0.1-0.{_host()}.") and orphans[0].endswith(".tmp")
+    keep = [
+        f".rem-high-0.1-0.{_host()}.{os.getppid()}-abcdefgh.tmp",  # a process that is alive: its write goes on
+        f".rem-high-0.1-0.0badc0de.999999999-abcdefgh.tmp",  # another host's: its pid means nothing here
+        f".rem-high-0.1-00.{_host()}.999999999-abcdefgh.tmp",  # another output's name
+        f".rem-high-0.1-0.99990-b.{_host()}.999999999-abcdefgh.tmp",  # output `rem-high-0.1-0.99990-b`'s
+        ".rem-high-0.1-0.12345-notours.tmp",  # not a name remflow writes
+        f".rem-high-0.1-0.{_host()}.99999999999999999999999-abcdefgh.tmp",  # no pid at all
+    ]
+    for name in keep:
+        (out.parent / name).mkdir()
     with atomic_dir(out) as tmp:
         (tmp / "record.json").write_text("{}")
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted([other.name, live.name, out.name])
-    # files too: a killed atomic_write_* leaves `.<name>.<pid>-*.tmp`, the next write of that name removes it
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([*keep, out.name])
+    # files too: a killed atomic_write_* leaves `.<name>.<host>.<pid>-*.tmp`, the next write of that name removes it
     f = tmp_path / "m.json"
-    (tmp_path / ".m.json.999999999-x.tmp").write_text("half")
+    orphan = tmp_path / f".m.json.{_host()}.999999999-abcdefgh.tmp"
+    orphan.write_text("half")
     atomic_write_text(f, "{}")
-    assert not (tmp_path / ".m.json.999999999-x.tmp").exists() and f.read_text() == "{}"
+    assert not orphan.exists() and f.read_text() == "{}"
 
 
 def test_evaluate_never_reads_a_killed_stages_temporary_record(tmp_path):

@@ -116,7 +116,8 @@ def recheck(root: Path, stages: list[str] | None = None, record: bool = False, e
     try:
         with Repo(str(root)) as repo, repo.lock:
             known = {s.addressing for s in repo.index.stages}
-            unknown = [n for n in stages or [] if n not in known]
+            # a name as `dvc stage list` prints it, or qualified by its file (`dvc.yaml:pretrain@high-0-standard`)
+            unknown = [n for n in stages or [] if n not in known and n.rpartition(":")[2] not in known]
             if unknown:  # before the check stage runs: a mistyped name writes nothing
                 raise RemflowError("no such stage", key=unknown[0], got=unknown,
                                    hint="`dvc stage list` names them (e.g. pretrain@high-0-standard)")
