@@ -253,22 +253,24 @@ def test_paired_differences_with_bootstrap_intervals(tmp_path):
     assert "excludes 0" in md
 
 
-def test_the_by_original_interval_resamples_whole_originals():
+def test_the_by_original_interval_counts_originals_not_cells():
     """Cells of one original move together: an effect that one original carries alone is significant when cells
-    are resampled as if independent, and not when the originals are; an effect every original shares stays."""
+    are resampled as if independent, and not over the originals; an effect every original shares stays."""
     import numpy as np
+    from scipy.stats import t as student
 
     groups = [(reg, seed, "") for reg in ("high", "medium", "low") for seed in (0, 1) for _ in range(4)]
-    shared = [0.1 + 0.01 * (i % 4) for i in range(24)]
+    shared = [0.1 + 0.01 * (i % 4) + 0.001 * (i // 4) for i in range(24)]
     one = [0.6 if g == ("high", 0, "") else 0.0 for g in groups]  # one original of six carries it all
-    s = report.cluster_bootstrap_mean_diff(shared, groups)
+    s = report.by_original_interval(shared, groups)
     assert s.pairs == 6 and s.excludes_zero and s.low <= s.diff <= s.high
-    o = report.cluster_bootstrap_mean_diff(one, groups)
-    cells = report.bootstrap_mean_diff(one, [0.0] * 24)
-    assert o.diff == pytest.approx(0.1) and not o.excludes_zero and o.low == 0.0
-    assert cells.excludes_zero  # the cell-level interval is fooled by the four cells of one original
-    assert report.cluster_bootstrap_mean_diff(one, groups) == o  # seeded
-    assert np.isnan(report.cluster_bootstrap_mean_diff([0.1, 0.2], [("a",), ("a",)]).low)  # one original
+    o = report.by_original_interval(one, groups)
+    assert report.bootstrap_mean_diff(one, [0.0] * 24).excludes_zero  # the cell interval is fooled
+    assert o.diff == pytest.approx(0.1) and not o.excludes_zero
+    # the t interval over the six original means: 0.6 and five zeros
+    half = student.ppf(0.975, 5) * np.std([0.6, 0, 0, 0, 0, 0], ddof=1) / np.sqrt(6)
+    assert (o.low, o.high) == pytest.approx((0.1 - half, 0.1 + half))
+    assert np.isnan(report.by_original_interval([0.1, 0.2], [("a",), ("a",)]).low)  # one original
 
 
 def test_the_paired_table_shows_the_by_original_interval(tmp_path):
@@ -276,7 +278,7 @@ def test_the_paired_table_shows_the_by_original_interval(tmp_path):
     by = report.paired(rows, "rem")["better"][report.BY_ORIGINAL]
     assert by.pairs == 4 and by.excludes_zero  # (high|low) x seeds 0, 1
     md = report.to_markdown(report.paired_table(rows, "rem"))
-    assert "| by original |" in md and "(4)** *" in md and "originals the by-original interval is rough" in md
+    assert "| by original |" in md and "(4)** *" in md and "With 4 originals the by-original interval is wide" in md
 
 
 def test_evaluate_reports_the_paired_comparison_in_every_format(tmp_path):
