@@ -273,10 +273,16 @@ def evaluate(
     if not rows:
         raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")
     names = report.runs_in_order(rows)
-    chosen = run or (p.evaluate.taxonomy_run if p else None) or names[0]
+    settings = p.evaluate if p is not None else None
+    if p is None and write and params.is_file():  # pooled parts: the report as the evaluate stage would write it
+        settings = _params(params, light=True).evaluate
+    present = lambda name: name if name in names else None  # noqa: E731 - a pooled set may lack the params' run
+    chosen = run or (settings.taxonomy_run if p is not None else present(settings and settings.taxonomy_run)) \
+        or names[0]
     if chosen not in names:
         raise RemflowError("no such run in the results", key="--run", got=chosen, hint="one of " + ", ".join(names))
-    reference = report.pick_reference(rows, reference or (p.evaluate.reference if p else None))
+    reference = report.pick_reference(rows, reference or (
+        settings.reference if p is not None else present(settings and settings.reference)))
     if p is not None:
         context = {"remflow": remflow.__version__,
                    "dataset": f"{dataset.get('about')}; fingerprint {dataset.get('fingerprint')}",
@@ -289,6 +295,8 @@ def evaluate(
         context = {"remflow": remflow.__version__, "pooled from": ", ".join(str(f) for f in from_csv),
                    "runs": len(rows)}
         if params.is_file():
+            context["parameters below"] = (f"{params} as it was when the files were pooled (the pooled runs may "
+                                           "have been made with other grids)")
             context["params"] = params.read_text()
         report.write_reports(rows, reports, metrics, context=context, taxonomy_run=chosen, reference=reference)
     report.render(rows, fmt.value, chosen, metric, _wide(), reference)

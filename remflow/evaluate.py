@@ -37,13 +37,20 @@ def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tu
     """The run records of `cells` under `runs_dir`, in their order: `key(rec)` names a record's cell (None: not
     of this grid); stale records of removed cells are ignored, a missing one is refused (`describe(cell)`)."""
     found: dict[tuple, tuple[dict, Path]] = {}
+    wanted = set(cells)
     for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
         if rec_path.parent.name.startswith("."):  # a temporary folder a killed stage left (io.atomic_dir)
             continue
         rec = read_json(rec_path, "run record")
         k = key(rec, rec_path)
-        if k is not None:
-            found[k] = (rec, rec_path.parent)
+        if k is None:
+            continue
+        if k in found and k in wanted:  # one left by an earlier grid whose stage had another name
+            raise RemflowError(f"two run folders hold the same cell: {found[k][1].name} and {rec_path.parent.name}",
+                               key=str(runs_dir), got=", ".join(map(str, k)),
+                               hint="one was left by an earlier grid (a rate written 1.0, then 1, names another "
+                                    "stage): delete the folder no stage of `dvc stage list` writes")
+        found[k] = (rec, rec_path.parent)
     missing = [c for c in cells if c not in found]
     if missing:
         raise RemflowError(f"{len(missing)} of {len(cells)} {describe(missing[0])}", key=str(runs_dir),

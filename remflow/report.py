@@ -521,7 +521,12 @@ def read_suites(paths: list[Path]) -> list[dict]:
     """The rows of several suites' results.csv files, pooled: each file's corruptions renamed `<suite>/<name>`
     (the suite: the folder that holds reports/), so the same cell of two suites stays two cells."""
     rows = []
+    seen: set[Path] = set()
     for path in paths:
+        if path.resolve() in seen:
+            raise RemflowError("the same results file is given twice", key=str(path),
+                               hint="name each file once (its rows would count twice)")
+        seen.add(path.resolve())
         suite = path.resolve().parent.parent.name
         for r in read_results([path]):
             rows.append({**r, "corruption": f"{suite}/{r['corruption']}"})

@@ -123,3 +123,20 @@ def test_evaluate_never_reads_a_killed_stages_temporary_record(tmp_path):
     assert tmp.is_file()
     with pytest.raises(RemflowError, match="1 of 1 runs are missing"):
         _collect(runs, [("rem",)], lambda rec, _: (rec["cell"],), lambda c: "runs are missing")
+
+
+def test_a_cell_held_by_two_run_folders_is_refused_not_picked(tmp_path):
+    """A rate written 1.0 and then 1 names another stage: its old folder stays, and holds the same cell. Evaluate
+    must not pick one of the two by file-name order (it picked the stale one)."""
+    import json
+
+    from remflow.evaluate import _collect
+
+    runs = tmp_path / "runs"
+    for name, score in (("rem-low-1-0", 0.93), ("rem-low-1.0-0", 0.95)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "record.json").write_text(json.dumps({"cell": "rem-low-1", "score": score}))
+    with pytest.raises(RemflowError, match="two run folders hold the same cell: rem-low-1-0 and rem-low-1.0-0"):
+        _collect(runs, [("rem-low-1",)], lambda rec, _: (rec["cell"],), lambda c: "runs are missing")
+    # a folder of a cell the grid no longer has is ignored, as before
+    assert _collect(runs, [], lambda rec, _: (rec["cell"],), lambda c: "runs are missing") == []

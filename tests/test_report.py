@@ -198,6 +198,16 @@ def test_evaluate_writes_the_report_of_a_split_grid_pooled(rows, tmp_path, monke
     assert {key(r): r["score"] for r in written} == pytest.approx({key(r): r["score"] for r in rows})
     md = (tmp_path / "pooled" / "results.md").read_text()
     assert "pooled from" in md and "s1.csv" in md and "seeds: [0, 1]" in md
+    assert "the pooled runs may have been made with other grids" in md
+    # the taxonomy run and the reference of the params, as the evaluate stage takes them
+    last = report.runs_in_order(rows)[-1]
+    (tmp_path / "params.yaml").write_text("grid: {seeds: [0, 1], methods: [%s]}\nmethods: {%s: {}}\n"
+                                          "evaluate: {taxonomy_run: %s, reference: %s}\n" % (last, last, last, last))
+    r = runner.invoke(app, ["evaluate", "--from-csv", str(seed0), "--from-csv", str(seed1), "--write",
+                            "--reports", "pooled2", "--metrics", "pooled2/metrics.json", "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "pooled2" / "results.md").read_text()
+    assert f"## Taxonomy: Healed of {last}" in md and f"against {last}" in md
     assert (tmp_path / "pooled" / "heatmaps").is_dir() and (tmp_path / "pooled" / "metrics.json").is_file()
     # --write alone has nothing to pool: a clear error, nothing written
     r = runner.invoke(app, ["evaluate", "--write", "--reports", "other"])
