@@ -165,7 +165,7 @@ def bootstrap_mean_diff(a: list[float], b: list[float], seed: int = 0) -> Paired
     if n == 0:
         return Paired(float("nan"), float("nan"), float("nan"), 0)
     diff = float(d.mean())
-    if n < 2:
+    if n < 3:  # a bootstrap of two pairs only spans them: no interval to claim anything with
         return Paired(diff, float("nan"), float("nan"), n)
     if np.allclose(d, d[0]):  # every pair differs by the same amount: the interval is that point
         return Paired(diff, diff, diff, n)

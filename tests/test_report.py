@@ -257,6 +257,8 @@ def test_paired_differences_with_bootstrap_intervals(tmp_path):
     assert noisy.low < 0 < noisy.high and not noisy.excludes_zero
     assert cmp["better"]["high"].pairs == 4 and cmp["better"]["low"].excludes_zero
     assert report.paired(rows, "rem") == cmp  # seeded: the same interval every time
+    two = report.bootstrap_mean_diff([0.5, 0.6], [0.0, 0.0])  # two pairs: no interval, nothing claimed
+    assert two.diff == pytest.approx(0.55) and math.isnan(two.low) and not two.excludes_zero
     md = report.to_markdown(report.paired_table(rows, "rem"))
     line = next(l for l in md.splitlines() if l.startswith("| better"))
     assert "**+10.00 [+9." in line and "]** *" in line
