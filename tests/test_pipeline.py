@@ -212,6 +212,9 @@ def test_recheck_records_a_refactor_and_refuses_a_change_of_results(repo):
     res = repo.run("remflow", "recheck", "--record")
     assert "same outputs" in res.stdout and "differs" not in res.stdout, res.stdout + res.stderr
     assert "pretrain@high-0-standard" in res.stdout and "unlearn@finetune-" in res.stdout
+    # only stages whose own code changed are sampled: the check stage that recorded the new code in place does not
+    # make every stage below it "changed" (the corrupt stage's command does not reach data/task.py)
+    assert "artifacts/corrupt/" not in res.stdout, res.stdout
     assert "up to date" in repo.run("dvc", "status").stdout
     assert repo.ran_stages(repo.run("dvc", "repro")) == []
     # an edit that changes results: the finetune cells' learning rate

@@ -124,7 +124,9 @@ def recheck(root: Path, stages: list[str] | None = None, record: bool = False, e
             check = [s for s in repo.index.stages if s.addressing == "check"]
             if check and check[0].changed():
                 _run_check_stage(root, check[0])
-            changed = [s.addressing for s in plan(repo)[0]]
+            # the stages whose own deps changed: once `check` has rewritten artifacts/code in place it counts as
+            # changed itself, and plan() would pick every stage below it (all of them) without asking
+            changed = [s.addressing for s in plan(repo)[0] if s.addressing != "check" and s.changed()]
             result.changed = len(changed)
             names = stages or sample(changed)
             for name in names:
