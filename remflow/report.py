@@ -236,13 +236,13 @@ def paired(rows: list[dict], reference: str, metric: str = "score") -> dict[str,
         for col in ["all"] + regularities_of(rows):
             ks = [k for k in keys if col == "all" or k[0] == col]
             out[run][col] = bootstrap_mean_diff([mine[k] for k in ks], [ref[k] for k in ks])
-        # the same cells, resampled by original model: (regularity, seed, corruption)
+        # the same cells, counted by original model: (regularity, seed, corruption)
         out[run][BY_ORIGINAL] = by_original_interval([mine[k] - ref[k] for k in keys],
                                                      [(k[0], k[2], k[3]) for k in keys])
     return out
 
 
-BY_ORIGINAL = "by original"  # paired()'s column of the interval that resamples original models, not cells
+BY_ORIGINAL = "by original"  # paired()'s column of the interval over original models, not cells
 
 
 # ---------------------------------------------------------------- tables, built once and rendered to each format
