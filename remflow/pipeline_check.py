@@ -154,7 +154,7 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
 def check_data(p) -> list[str]:
     """The rules that need the training set itself: its files are there (an error unless data.download is on),
     |D_c| fits it. Returns notes on what runs but may not be what was meant."""
-    from remflow.data.corruption import check_corruption, corrupted_size
+    from remflow.data.corruption import check_corruption, corrupted_size, discovered_size
     from remflow.data.datasets import load_splits
     from remflow.records import resolution
 
@@ -169,13 +169,13 @@ def check_data(p) -> list[str]:
     n = corrupted_size(p.corruption, len(splits.train_y))
     drawn: dict[int, list[float]] = {}
     for rate in p.grid.discovery_rates:
-        drawn.setdefault(max(1, int(round(rate * n))), []).append(rate)
+        drawn.setdefault(discovered_size(rate, n), []).append(rate)
     notes = [f"discovery rates {', '.join(map(str, rates))} all draw the same {k} of |D_c| = {n} samples: their "
              f"cells run on the same D_f (raise corruption.count to tell them apart)"
              for k, rates in drawn.items() if len(rates) > 1]
     if p.grid.discovery_rates:
         lowest = min(p.grid.discovery_rates)
-        line, fine = resolution(n, max(1, int(round(lowest * n))), lowest)
+        line, fine = resolution(n, discovered_size(lowest, n), lowest)
         if not fine:
             notes.append(line)
     from remflow.data.custom import class_names

@@ -156,11 +156,16 @@ def load_manifest(path, splits: Splits) -> dict[str, Any]:
     return check_manifest(read_json(path, "corruption manifest"), splits, str(path))
 
 
+def discovered_size(rate: float, corrupted: int) -> int:
+    """|D_f| at a discovery rate: round(rate * |D_c|), at least one sample."""
+    return max(1, int(round(rate * corrupted)))
+
+
 def make_discovery(manifest: dict[str, Any], rate: float, seed: int) -> dict[str, Any]:
     if not (0.0 < rate <= 1.0):
         raise RemflowError("discovery rate must lie in (0, 1]", key="--rate", got=rate)
     corrupted = np.asarray(manifest["indices"], dtype=np.int64)
-    k = max(1, int(round(rate * len(corrupted))))
+    k = discovered_size(rate, len(corrupted))
     perm = np.random.default_rng([seed, _STREAM_DISCOVER]).permutation(len(corrupted))
     found = np.sort(corrupted[perm[:k]])
     return {
@@ -250,7 +255,7 @@ def _check_drawn(d: Any, manifest: dict[str, Any], path: str) -> dict[str, Any]:
             got=outside[:5], hint="D_f must be a subset of the manifest's indices; rerun its discover stage")
     if len(set(idx)) != len(idx):
         raise RemflowError("discovered indices repeat", key=path)
-    expected = max(1, int(round(rate * len(manifest["indices"]))))
+    expected = discovered_size(rate, len(manifest["indices"]))
     if len(idx) != expected:
         bad(f"rate {rate:g} of |D_c| = {len(manifest['indices'])} is {expected} discovered samples; the file "
             f"lists {len(idx)}", got=rate)
