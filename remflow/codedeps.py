@@ -85,10 +85,17 @@ class _Module:
         self._hashes: dict[str | None, str] = {}
         self._imports: dict[str | None, dict] = {}
         self._names: dict[str | None, set] = {}
+        self.package_imports_of = name.split(".")[0]  # the package whose imports one walk collects
+
+    def _scan(self, unit: str | None) -> None:
+        """One walk of a unit for both its names and its imports (a definition also sees the module's)."""
+        names, own = _scan(self.body if unit is None else [self.defs[unit]], self.package_imports_of)
+        self._names[unit] = names
+        self._imports[unit] = own if unit is None else {**self.imports(None, self.package_imports_of), **own}
 
     def names(self, unit: str | None) -> set[tuple[str, ...]]:
         if unit not in self._names:
-            self._names[unit] = _names(self.body if unit is None else [self.defs[unit]])
+            self._scan(unit)
         return self._names[unit]
 
     def hash(self, unit: str | None) -> str:
@@ -98,8 +105,10 @@ class _Module:
         return self._hashes[unit]
 
     def imports(self, unit: str | None, package: str) -> dict:
+        if package != self.package_imports_of:
+            return _imports(self.body + ([] if unit is None else [self.defs[unit]]), package)
         if unit not in self._imports:
-            self._imports[unit] = _imports(self.body + ([] if unit is None else [self.defs[unit]]), package)
+            self._scan(unit)
         return self._imports[unit]
 
 
@@ -114,25 +123,36 @@ def _parsed(name: str, path: Path) -> _Module:
     return _PARSED[key]
 
 
+def _import_entries(n: ast.AST, package: str, out: dict) -> None:
+    if isinstance(n, ast.ImportFrom) and n.module and n.level == 0 and (
+            n.module == package or n.module.startswith(package + ".")):
+        for a in n.names:
+            out[a.asname or a.name] = (n.module, a.name)
+    elif isinstance(n, ast.Import):
+        for a in n.names:
+            if a.name == package or a.name.startswith(package + "."):
+                out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else package, None)
+
+
 def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     """name -> (module, attribute or None) for the remflow imports among `nodes` (walked)."""
     out: dict[str, tuple[str, str | None]] = {}
     for node in nodes:
         for n in ast.walk(node):
-            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0 and (
-                    n.module == package or n.module.startswith(package + ".")):
-                for a in n.names:
-                    out[a.asname or a.name] = (n.module, a.name)
-            elif isinstance(n, ast.Import):
-                for a in n.names:
-                    if a.name == package or a.name.startswith(package + "."):
-                        out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else package, None)
+            _import_entries(n, package, out)
     return out
 
 
 def _names(nodes) -> set[tuple[str, ...]]:
     """The names used in `nodes`, each with the attribute chain read off it (x, x.y, x.y.z)."""
-    out: set[tuple[str, ...]] = set()
+    return _scan(nodes, None)[0]
+
+
+def _scan(nodes, package: str | None) -> tuple[set[tuple[str, ...]], dict]:
+    """One walk of `nodes`: the names they use, each with the attribute chain read off it (x, x.y, x.y.z), and
+    (for a `package`) its imports among them, as `_imports` reads them."""
+    names: set[tuple[str, ...]] = set()
+    imports: dict[str, tuple[str, str | None]] = {}
     for node in nodes:
         for n in ast.walk(node):
             if isinstance(n, ast.Attribute):
@@ -142,10 +162,12 @@ def _names(nodes) -> set[tuple[str, ...]]:
                     chain.append(v.attr)
                     v = v.value
                 if isinstance(v, ast.Name):
-                    out.add((v.id, *reversed(chain)))
+                    names.add((v.id, *reversed(chain)))
             elif isinstance(n, ast.Name):
-                out.add((n.id,))
-    return out
+                names.add((n.id,))
+            elif package is not None and isinstance(n, (ast.Import, ast.ImportFrom)):
+                _import_entries(n, package, imports)
+    return names, imports
 
 
 def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflow", skip: tuple[str, ...] = _SKIP,
@@ -247,9 +269,10 @@ def methods_dir(root: Path) -> Path:
     return Path(pkg.__file__).parent
 
 
-def _code_var(root: Path) -> str:
-    """dvc.yaml's `code` var (the package folder relative to the project), for readers of the files."""
-    mdir = methods_dir(root)
+def _code_var(root: Path, mdir: Path | None = None) -> str:
+    """dvc.yaml's `code` var (the package folder relative to the project), for readers of the files; `mdir`:
+    `methods_dir(root)` when the caller has it."""
+    mdir = methods_dir(root) if mdir is None else mdir
     try:
         return Path(os.path.relpath(mdir.parent, root)).as_posix()
     except ValueError:  # another drive
@@ -301,11 +324,12 @@ def record(root: Path, params, folder: Path) -> list[str]:
                            hint="give a new or empty folder (the pipeline's is artifacts/code)")
     folder.mkdir(parents=True, exist_ok=True)
     mdir = methods_dir(root)
-    want = {f"{run}.json": json.dumps({**fp, "code": _code_var(root)}, indent=1, sort_keys=True) + "\n"
+    code_var = _code_var(root, mdir)  # dvc.yaml read once, not once a file
+    want = {f"{run}.json": json.dumps({**fp, "code": code_var}, indent=1, sort_keys=True) + "\n"
             for run, fp in fingerprints(params, mdir).items()}
     code = mdir.parent
     for cmd, fp in stage_fingerprints(code).items():
-        want[f"{STAGE_PREFIX}{cmd}.json"] = json.dumps({**fp, "code": _code_var(root)}, indent=1, sort_keys=True) + "\n"
+        want[f"{STAGE_PREFIX}{cmd}.json"] = json.dumps({**fp, "code": code_var}, indent=1, sort_keys=True) + "\n"
     changed = []
     for name, text in want.items():
         path = folder / name

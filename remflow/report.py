@@ -426,12 +426,27 @@ def render(rows: list[dict], fmt: str, run: str, metric: str, console, reference
 # ---------------------------------------------------------------- files
 
 
+_INTEGER = {"seed", "params_deployed", "params_peak"}  # written as integers from the records
+
+
+def _csv_value(key: str, v):
+    """A value as results.csv holds it: rows read back (`read_csv`) carry nan for an empty cell and floats for
+    every number, and `--write` writes the same text the records gave (empty, `42784`, not `nan`, `42784.0`)."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if key in _INTEGER and v.is_integer():
+            return int(v)
+    return v
+
+
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({**r, "details": json.dumps(r.get("details", {}), sort_keys=True)})
+        w.writerow({**{k: _csv_value(k, v) for k, v in r.items()},
+                    "details": json.dumps(r.get("details", {}), sort_keys=True)})
     return buf.getvalue()
 
 

@@ -414,3 +414,19 @@ def test_evaluate_notes_methods_entries_its_runs_were_not_made_with(tmp_path):
     assert key == "rem.beta" and "made with methods.rem.beta = 2.0, params say 1" in note
     [(_, note)] = _settings_notes(light({"methods": {"rem": {"method": "finetune"}}}), record, tmp_path)
     assert "made with method rem" in note
+
+
+def test_pooled_csv_keeps_the_records_text(tmp_path):
+    # rows read back carry nan for an empty cell and floats for every number; `--write` writes them as the records
+    # did: empty, not `nan`, and the parameter counts as integers
+    given = {"run": "rem", "method": "rem", "pretrained": "standard", "regularity": "high", "discovery_rate": "0.1",
+             "seed": "0", "healed": "0.5", "utility": "0.9", "score": "0.45", "unlearn_seconds": "1.25",
+             "params_deployed": "42784", "params_peak": "64176", "corruption": "backdoor", "discovery": "oracle",
+             "discovery_precision": "1.0", "relearn_steps": "84.0", "details": '"{""a"": 1}"'}
+    assert set(given) < set(report.COLUMNS)  # the others empty: forget_acc, regularity_score, most of robustness
+    native = ",".join(report.COLUMNS) + "\n" + ",".join(given.get(c, "") for c in report.COLUMNS) + "\n"
+    path = tmp_path / "results.csv"
+    path.write_text(native)
+    back = report.read_csv(path)
+    assert math.isnan(back[0]["forget_acc"]) and back[0]["params_deployed"] == 42784.0
+    assert report.csv_text(back) == native
