@@ -33,6 +33,7 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=
         os.environ[CUDA_ELSEWHERE] = "1"  # a cluster: its GPU nodes run the training stages
     opts, params = options_from(root, cpus=cpus, gpus=gpus, workers=workers, address=address, batch=batch,
                                 dry=dry)
+    opts.warm = pipeline  # a remflow pipeline's stages import torch and scikit-learn: workers import them early
     if params is not None and not commit and pipeline:
         from remflow.params import read_yaml
         from remflow.pipeline_check import check_data, check_pipeline

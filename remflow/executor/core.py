@@ -40,6 +40,7 @@ class Options:
     retries: int = 2  # reruns of a stage whose worker died
     dry: bool = False
     live: bool | None = None  # rich live view (default: when stderr is a terminal)
+    warm: bool = False  # workers but the first import the stages' modules while the first runs `check`
 
 
 @dataclass
@@ -271,8 +272,8 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
                                                 max_concurrency=1)
     sys_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
-    def new_worker():
-        return actor_cls.remote(sys_path)
+    def new_worker(warm: bool = False):
+        return actor_cls.remote(sys_path, warm)
 
     def replace(actor) -> None:
         """Kill a worker that must not run another stage (it died, or holds stale code); a fresh one idles."""
@@ -283,7 +284,7 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
         idle.append(new_worker())
 
     with timed("workers start"):
-        idle = deque(new_worker() for _ in range(n))
+        idle = deque(new_worker(opts.warm and i > 0) for i in range(n))
 
     waiting_on = {s: len(ups[s]) for s in stages}  # upstream stages not yet committed
     ready = deque(s for s in stages if waiting_on[s] == 0)
