@@ -318,3 +318,20 @@ def test_a_ray_that_does_not_start_is_a_clear_error_not_a_traceback(monkeypatch)
     with pytest.raises(RemflowError) as e:
         _start_ray(Options(address="10.0.0.1:6379"))
     assert e.value.key == "--address" and "10.0.0.1:6379" in e.value.message
+
+
+def test_a_warm_worker_imports_what_the_stages_will_and_survives_a_module_that_does_not(tmp_path):
+    # in a fresh process: the workers but the first of a remflow pipeline import the stages' modules before they
+    # take a stage; one that does not import is left to the stage that needs it (its own log says why)
+    code = ("import sys; from remflow.executor.worker import StageWorker, WARM_MODULES, warm_up\n"
+            "assert 'torch' not in sys.modules\n"
+            "assert warm_up(('no_such_module_for_remflow', 'json')) >= 0\n"
+            "w = StageWorker([], warm=True)\n"
+            "missing = [m for m in WARM_MODULES if m not in sys.modules]\n"
+            "assert not missing and w.warmed > 0, missing\n"
+            "assert any(p.endswith('stages.py') for p in w.code.hashes)  # hashed as imported, as a stage would\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    from remflow.executor.core import Options
+
+    assert Options().warm is False  # any other DVC project: workers import nothing until a stage does
