@@ -335,3 +335,54 @@ def test_a_warm_worker_imports_what_the_stages_will_and_survives_a_module_that_d
     from remflow.executor.core import Options
 
     assert Options().warm is False  # any other DVC project: workers import nothing until a stage does
+
+
+UNCHANGED = """\
+stages:
+  a:
+    cmd: python -c "open('a.txt','w').write(open('in.txt').read().strip())"
+    deps:
+      - in.txt
+    outs:
+      - a.txt
+  b:
+    cmd: python -c "open('b.txt','w').write(open('a.txt').read() * 2)"
+    deps:
+      - a.txt
+    outs:
+      - b.txt
+  d:
+    cmd: python ../d.py
+    deps:
+      - in2.txt
+    outs:
+      - d.txt
+"""
+
+
+def test_ctrl_c_counts_a_stage_left_up_to_date_by_its_upstream_as_done_not_left(tiny, tmp_path):
+    # a re-runs and writes the same bytes, so b is up to date without running; Ctrl-C comes while d runs:
+    # only d is left for the next run
+    (tiny / "dvc.yaml").write_text(UNCHANGED)
+    (tiny / "in2.txt").write_text("1\n")
+    (tmp_path / "d.py").write_text("open('d.txt', 'w').write(open('in2.txt').read())\n")
+    _run(tiny)
+    assert sorted(_lock(tiny)) == ["a", "b", "d"]
+    (tiny / "in.txt").write_text("hello\n\n")  # a's output is the same stripped text
+    (tiny / "in2.txt").write_text("2\n")
+    (tmp_path / "d.py").write_text("import time\ntime.sleep(60)\nopen('d.txt', 'w').write('late')\n")
+    errors = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "remflow", "run"], cwd=tiny, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=errors)
+    before = _lock(tiny)["a"]["deps"]
+    deadline = time.time() + 240  # a's new lock entry is written while d sleeps (every 5 s at the latest)
+    while time.time() < deadline and _lock(tiny)["a"]["deps"] == before:
+        time.sleep(0.5)
+    time.sleep(2)  # b is decided right after a's commit: up to date
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    errors.close()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130, err
+    assert "1 committed, 1 up to date, 1 left for the next run" in " ".join(err.split()), err
+    assert _run(tiny, "--dry").stdout.split() == ["d"]

@@ -143,4 +143,5 @@ def _summary(err: Console, r) -> None:
             err.print(f"[red]skipped[/red] {len(names)} stage{'s' * (len(names) != 1)} that depend on "
                       f"{escape(failed)}: {escape(shown)}", soft_wrap=True)
     if r.interrupted:
-        err.print(f"[yellow]interrupted:[/yellow] {len(r.done)} committed, {len(r.left)} left for the next run")
+        same = f", {len(r.unchanged)} up to date" if r.unchanged else ""
+        err.print(f"[yellow]interrupted:[/yellow] {len(r.done)} committed{same}, {len(r.left)} left for the next run")

@@ -491,9 +491,10 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
         while finished:
             save(finished.popleft())
         write_lock()
-        committed = set(report.done)
+        # up to date once their upstream stages ran: nothing to do next time either, so not left
+        settled = set(report.done) | set(report.unchanged)
         report.left = [s.addressing for s in stages
-                       if s.addressing not in committed and s not in dead]
+                       if s.addressing not in settled and s not in dead]
     for actor in idle:
         try:
             ray.kill(actor)
