@@ -429,14 +429,26 @@ def render(rows: list[dict], fmt: str, run: str, metric: str, console, reference
 _INTEGER = {"seed", "params_deployed", "params_peak"}  # written as integers from the records
 
 
+class _Empty(float):
+    """The nan `read_csv` gives an empty cell: any nan to the tables, written back empty by `csv_text`. A nan a
+    run measured (`nan` in the file: a few-shot attack with nothing to attack) stays a plain nan, written `nan`."""
+
+    __slots__ = ()
+
+    def __new__(cls, *_):  # copy and pickle pass the value back
+        return super().__new__(cls, "nan")
+
+
+EMPTY = _Empty()
+
+
 def _csv_value(key: str, v):
-    """A value as results.csv holds it: rows read back (`read_csv`) carry nan for an empty cell and floats for
-    every number, and `--write` writes the same text the records gave (empty, `42784`, not `nan`, `42784.0`)."""
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        if key in _INTEGER and v.is_integer():
-            return int(v)
+    """A value as results.csv holds it: rows read back (`read_csv`) carry floats for every number and EMPTY for an
+    empty cell, and `--write` writes the text the records gave (empty, `42784`; not `nan`, `42784.0`)."""
+    if isinstance(v, _Empty):
+        return ""
+    if isinstance(v, float) and key in _INTEGER and v.is_integer():
+        return int(v)
     return v
 
 
@@ -460,13 +472,13 @@ def read_csv(path: str | Path) -> list[dict]:
             if "base_method" in row and "run" not in row:
                 row["run"], row["method"] = row.pop("method"), row.pop("base_method")
             for k in _NUMERIC & set(row):
-                row[k] = float(row[k]) if row[k] not in ("", None) else float("nan")
+                row[k] = float(row[k]) if row[k] not in ("", None) else EMPTY
             row["seed"] = int(row["seed"])
             row["details"] = json.loads(row["details"]) if row.get("details") else {}
             if not row.get("discovery"):  # written before the detection study: oracle discovery, nothing measured
                 row.update(corruption=CORRUPTION_OF.get(row["regularity"], row["regularity"]), discovery="oracle",
                            discovery_precision=1.0, discovery_recall=row["discovery_rate"],
-                           regularity_score=float("nan"))
+                           regularity_score=EMPTY)
             if "view" not in row:  # written before the view column: `<run>_det` / `<run>_hits`, `<detector>:hits`
                 _old_view(row)
             row["view"] = row.get("view") or ""

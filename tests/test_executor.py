@@ -337,6 +337,50 @@ def test_a_warm_worker_imports_what_the_stages_will_and_survives_a_module_that_d
     assert Options().warm is False  # any other DVC project: workers import nothing until a stage does
 
 
+class _FakeRay:
+    """What the coordinator's loop asks of Ray before its first stage: resources, an actor class, kill."""
+
+    def __init__(self, cpus: int):
+        self.cpus, self.made, self.killed = cpus, [], 0
+
+    def cluster_resources(self):
+        return {"CPU": self.cpus}
+
+    def remote(self, cls):
+        ray = self
+
+        class Actor:
+            def options(self, **kw):
+                return self
+
+            def remote(self, *args):
+                ray.made.append(args)
+                return object()
+
+        return Actor()
+
+    def kill(self, actor):
+        self.killed += 1
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_workers_but_the_first_warm_up_when_asked(warm):
+    # the first worker takes the first ready stage (the check stage) cold; the others import while it runs
+    from remflow.executor.core import Options, Report, _loop, _Timer
+
+    class Stage:  # what the loop reads of a stage before dispatching it; hashable, as DVC's stages are
+        def __init__(self, name):
+            self.addressing = name
+
+    stages = [Stage(f"s{i}") for i in range(5)]
+    ray, report = _FakeRay(cpus=3), Report()
+    opts = Options(cpus=1.0, warm=warm)
+    _loop(ray, None, Path("."), stages, {s: [] for s in stages}, {s: [] for s in stages}, opts, report,
+          _Timer(report), None, {"now": True})  # stopped before the first dispatch: only the workers are made
+    assert [args[1] for args in ray.made] == [False, warm, warm]
+    assert ray.killed == 3 and report.workers == 3
+
+
 UNCHANGED = """\
 stages:
   a:
@@ -374,14 +418,16 @@ def test_ctrl_c_counts_a_stage_left_up_to_date_by_its_upstream_as_done_not_left(
     errors = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen([sys.executable, "-m", "remflow", "run"], cwd=tiny, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=errors)
-    before = _lock(tiny)["a"]["deps"]
-    deadline = time.time() + 240  # a's new lock entry is written while d sleeps (every 5 s at the latest)
-    while time.time() < deadline and _lock(tiny)["a"]["deps"] == before:
-        time.sleep(0.5)
-    time.sleep(2)  # b is decided right after a's commit: up to date
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    errors.close()
+    try:
+        deadline = time.time() + 240  # the progress lines (stderr is not a terminal): b decided while d sleeps
+        while time.time() < deadline and "b (up to date)" not in (tmp_path / "stderr.txt").read_text():
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        errors.close()
     err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, err
     assert "1 committed, 1 up to date, 1 left for the next run" in " ".join(err.split()), err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -422,11 +423,16 @@ def test_pooled_csv_keeps_the_records_text(tmp_path):
     given = {"run": "rem", "method": "rem", "pretrained": "standard", "regularity": "high", "discovery_rate": "0.1",
              "seed": "0", "healed": "0.5", "utility": "0.9", "score": "0.45", "unlearn_seconds": "1.25",
              "params_deployed": "42784", "params_peak": "64176", "corruption": "backdoor", "discovery": "oracle",
-             "discovery_precision": "1.0", "relearn_steps": "84.0", "details": '"{""a"": 1}"'}
-    assert set(given) < set(report.COLUMNS)  # the others empty: forget_acc, regularity_score, most of robustness
+             "discovery_precision": "1.0", "relearn_steps": "84.0", "fewshot_steps": "nan",
+             "details": '"{""a"": 1}"'}
+    # the others empty: forget_acc, regularity_score, most of robustness; `nan` is a value a run measured (a
+    # few-shot attack with nothing to attack) and stays `nan`
+    assert set(given) < set(report.COLUMNS)
     native = ",".join(report.COLUMNS) + "\n" + ",".join(given.get(c, "") for c in report.COLUMNS) + "\n"
     path = tmp_path / "results.csv"
     path.write_text(native)
     back = report.read_csv(path)
-    assert math.isnan(back[0]["forget_acc"]) and back[0]["params_deployed"] == 42784.0
+    assert math.isnan(back[0]["forget_acc"]) and math.isnan(back[0]["fewshot_steps"])
+    assert back[0]["params_deployed"] == 42784.0
     assert report.csv_text(back) == native
+    assert report.csv_text(copy.deepcopy(back)) == native  # pooling copies rows
