@@ -232,7 +232,8 @@ def evaluate(
     reports: Annotated[Path, typer.Option(help="folder for results.csv, results.md, heatmaps")] = Path("reports"),
     probes: Annotated[Path, typer.Option(help="folder of the probe stage's files (the regularity of each "
                                           "corruption manifest)")] = Path("artifacts/probe"),
-    run: Annotated[str | None, typer.Option("--run", "--method", help="run of the taxonomy table")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--method", help="run of the taxonomy table (default: "
+                   "evaluate.taxonomy_run, else rem, else the first run)")] = None,
     metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
     reference: Annotated[str | None, typer.Option(help="run the others are compared with, paired over the same "
                          "cells and seeds (default: evaluate.reference, else rem, else the first run)")] = None,
@@ -277,8 +278,10 @@ def evaluate(
     if p is None and write and params.is_file():  # pooled parts: the report as the evaluate stage would write it
         settings = _params(params, light=True).evaluate
     present = lambda name: name if name in names else None  # noqa: E731 - a pooled set may lack the params' run
+    # the taxonomy table's run: the params' (a pooled set may lack it), else REM as the paired tables' default
+    # reference (not the first run, which is the original model: `none`)
     chosen = run or (settings.taxonomy_run if p is not None else present(settings and settings.taxonomy_run)) \
-        or names[0]
+        or present(report.DEFAULT_REFERENCE) or names[0]
     if chosen not in names:
         raise RemflowError("no such run in the results", key="--run", got=chosen, hint="one of " + ", ".join(names))
     reference = report.pick_reference(rows, reference or (

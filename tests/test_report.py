@@ -436,3 +436,20 @@ def test_pooled_csv_keeps_the_records_text(tmp_path):
     assert back[0]["params_deployed"] == 42784.0
     assert report.csv_text(back) == native
     assert report.csv_text(copy.deepcopy(back)) == native  # pooling copies rows
+
+
+def test_from_csv_shows_rems_taxonomy_unless_told(rows, tmp_path, monkeypatch):
+    # printing a results file: the taxonomy table is REM's (the paired tables' default reference), not the first
+    # run's (the original model); --run picks another
+    rows = [r for r in rows if r["run"] == "none"] + [r for r in rows if r["run"] != "none"]  # none first
+    first = report.runs_in_order(rows)[0]
+    assert first == "none"
+    path = tmp_path / "r.csv"
+    path.write_text(report.csv_text(rows))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md", "--reference", "rem"])
+    assert shown.exit_code == 0, shown.output
+    assert "Utility×Healed of rem" in shown.output and "Utility×Healed of none" not in shown.output
+    other = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md", "--run", first])
+    assert other.exit_code == 0 and f"Utility×Healed of {first}" in other.output
