@@ -111,20 +111,17 @@ def summarise(rows: list[dict], cells: list[tuple], names: tuple[str, str, str])
 def from_csv(paths: list[str], eff: str) -> None:
     """The same summary from results.csv files that hold Retrain, REM and the efficient method on the same
     cells (a suite's committed report, or the parts of a split one: cells pair within a file only)."""
-    import csv
+    from remflow.report import read_csv
 
     names = ("retrain", "rem", eff)
+    fields = ("unlearn_seconds", "peak_memory_mb", "params_peak", "params_deployed", "score")
     by_cell: dict[tuple, dict] = {}
     for i, path in enumerate(paths):
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                if r["run"] not in names or r.get("view"):
-                    continue
-                cell = (i, r["regularity"], float(r["discovery_rate"]), int(r["seed"]))
-                by_cell.setdefault(cell, {})[r["run"]] = {
-                    "unlearn_seconds": float(r["unlearn_seconds"]), "peak_memory_mb": float(r["peak_memory_mb"]),
-                    "params_peak": float(r["params_peak"]), "params_deployed": float(r["params_deployed"]),
-                    "score": float(r["score"])}
+        for r in read_csv(path):
+            if r["run"] not in names or r["view"]:
+                continue
+            cell = (i, r["regularity"], float(r["discovery_rate"]), r["seed"])
+            by_cell.setdefault(cell, {})[r["run"]] = {k: float(r[k]) for k in fields}
     keys = sorted((k for k, v in by_cell.items() if all(n in v for n in names)), key=lambda k: (*k[1:], k[0]))
     if not keys:
         raise SystemExit(f"no cell of {', '.join(paths)} has all of {', '.join(names)}")

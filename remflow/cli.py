@@ -434,11 +434,10 @@ def _code_path_notes(dvc: Path) -> list[str]:
     """dvc.yaml's `code` folder (what DVC hashes, and what the stages' code fingerprints should describe) against
     the remflow package this command imported: an install from another checkout runs other code than DVC tracks."""
     import remflow
-    from remflow.params import read_yaml
+    from remflow.codedeps import code_var
 
-    spec = read_yaml(dvc)
-    code = next((v["code"] for v in spec.get("vars") or [] if isinstance(v, dict) and "code" in v), None)
-    if not isinstance(code, str):
+    code = code_var(dvc.parent, dvc.name)
+    if code is None:
         return []
     tracked, running = (dvc.parent / code).resolve(), Path(remflow.__file__).parent.resolve()
     if tracked == running:
@@ -478,11 +477,11 @@ def main() -> None:
         if os.environ.get("REMFLOW_DEBUG"):
             raise
         frames = traceback.extract_tb(e.__traceback__)
-        from remflow.errors import users_code
+        from remflow.errors import users_frame
 
-        user = [f for f in frames if users_code(f.filename)]
-        if user:  # raised in a plug-in (the user's model, reader or other code remflow called)
-            where = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].name})"
+        user = users_frame(e)
+        if user is not None:  # raised in a plug-in (the user's model, reader or other code remflow called)
+            where = f"{user.filename}:{user.lineno} ({user.name})"
             err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
                             "raised in your code, which remflow called (a plug-in); REMFLOW_DEBUG=1 shows the "
                             "whole traceback", title="[red]remflow: error in your code[/red]", title_align="left"))
@@ -494,4 +493,3 @@ def main() -> None:
                         "whole traceback (please include it in a report)",
                         title="[red]remflow: unexpected error[/red]", title_align="left"))
         sys.exit(1)
-

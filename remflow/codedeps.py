@@ -253,17 +253,26 @@ def code_files(fingerprint: dict) -> list[str]:
     return sorted({key.split(":")[0] for key in fingerprint.get("files", {})})
 
 
-def methods_dir(root: Path) -> Path:
-    """The methods/ folder of the code the project's dvc.yaml points at (its `code` var), else this package's."""
+def code_var(root: Path, name: str = "dvc.yaml") -> str | None:
+    """The project's `code` var (the folder of the remflow package DVC hashes, relative to the project), as its
+    dvc.yaml writes it under `vars:`; None when it writes none or cannot be read."""
     import yaml
 
     try:
-        spec = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
-        for entry in spec.get("vars") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("code"), str):
-                return Path(root) / entry["code"] / "methods"
+        spec = yaml.safe_load((Path(root) / name).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        pass
+        return None
+    for entry in (spec.get("vars") or []) if isinstance(spec, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("code"), str):
+            return entry["code"]
+    return None
+
+
+def methods_dir(root: Path) -> Path:
+    """The methods/ folder of the code the project's dvc.yaml points at (its `code` var), else this package's."""
+    code = code_var(root)
+    if code is not None:
+        return Path(root) / code / "methods"
     import remflow.methods as pkg
 
     return Path(pkg.__file__).parent

@@ -40,14 +40,19 @@ def users_code(filename: str) -> bool:
     return not any(path == d or path.startswith(d + os.sep) for d in installed | {package})
 
 
+def users_frame(e: BaseException):
+    """The innermost frame of the user's own code in `e`'s traceback (a `traceback.FrameSummary`), or None."""
+    import traceback
+
+    user = [f for f in traceback.extract_tb(e.__traceback__) if users_code(f.filename)]
+    return user[-1] if user else None
+
+
 def where_raised(e: BaseException) -> str:
     """`file:line` of the innermost frame of the user's own code in `e`'s traceback (a plug-in calling numpy
     fails inside numpy: the user's line is the one to show), else of the innermost frame."""
     import traceback
 
     frames = traceback.extract_tb(e.__traceback__)
-    if not frames:
-        return "?"
-    user = [f for f in frames if users_code(f.filename)]
-    f = (user or frames)[-1]
-    return f"{f.filename}:{f.lineno}"
+    f = users_frame(e) or (frames[-1] if frames else None)
+    return f"{f.filename}:{f.lineno}" if f is not None else "?"

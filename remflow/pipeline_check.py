@@ -209,12 +209,12 @@ def check_model(cfg, splits, batch_size: int | None = None) -> None:
     from remflow.models import build_model
 
     model = build_model(cfg, splits.in_channels, splits.num_classes, splits.image_size)  # RemflowError: key model
+    from remflow.data.task import input_stats, normalise
+
     # two training images, normalised as the task feeds them (zeros would make a per-image standardisation nan)
     x = torch.zeros(2, splits.in_channels, splits.image_size, splits.image_size)
     if len(splits.train_x) >= 2:
-        mean = torch.tensor(splits.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(splits.std, dtype=torch.float32).view(1, -1, 1, 1).clamp_min(1e-6)
-        x = (torch.from_numpy(splits.train_x[:2].astype("float32")) / 255.0 - mean) / std
+        x = normalise(torch.from_numpy(splits.train_x[:2]), *input_stats(splits))
     shape = f"{splits.in_channels}x{splits.image_size}x{splits.image_size} images"
     model.eval()
     try:

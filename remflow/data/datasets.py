@@ -110,11 +110,9 @@ def load_splits(cfg: DataCfg) -> Splits:
     val_x, val_y, train_x, train_y = _holdout(train_x, train_y, cfg.val_fraction, seed=cfg.split_seed)
     val_source, _, train_source, _ = _holdout(source, source, cfg.val_fraction, seed=cfg.split_seed)
 
-    if is_user_data(name):  # the built-in sets keep their split and class count exactly as they were
+    if is_user_data(name):  # every class of the user's data keeps training images (so the count below is its)
         _check_classes_kept(cfg, reader_y, train_y)
-        num_classes = int(max(train_y.max(), val_y.max(), test_y.max())) + 1
-    else:
-        num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
     pixels = train_x.astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
     std = tuple(float(s) for s in pixels.std(axis=(0, 2, 3)))

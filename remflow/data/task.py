@@ -82,6 +82,19 @@ class BlendTrigger:
         return torch.where(on[:, None, None, None], blended, x)
 
 
+def input_stats(splits: Splits, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set's per-channel mean and std, shaped (1, C, 1, 1) for `normalise`."""
+    def shaped(v):
+        return torch.tensor(v, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+
+    return shaped(splits.mean), shaped(splits.std)
+
+
+def normalise(x_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the network's float input, as every stage feeds it (before a trigger is pasted)."""
+    return (x_u8.float() / 255.0 - mean) / std
+
+
 def make_trigger(spec: dict, shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor):
     """The manifest's trigger: a corner patch (the paper's; manifests without `kind`) or a blend."""
     if spec.get("kind", "patch") == "blend":
@@ -107,8 +120,7 @@ class Task:
         self.train_x, self.train_clean_y = t(s.train_x), t(s.train_y)
         self.val_x, self.val_y = t(s.val_x), t(s.val_y)
         self.test_x, self.test_y = t(s.test_x), t(s.test_y)
-        self.mean = torch.tensor(s.mean, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(s.std, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean, self.std = input_stats(s, dev)
         n = len(s.train_y)
         self.train_y = self.train_clean_y.clone()
         self.triggered = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -147,7 +159,7 @@ class Task:
         """uint8 images -> the network's float input (augmented when `gen` is given)."""
         if gen is not None:
             x_u8 = random_crop_flip(x_u8, self.augment.crop_padding, self.augment.flip, gen)
-        x = (x_u8.float() / 255.0 - self.mean) / self.std
+        x = normalise(x_u8, self.mean, self.std)
         if self.trigger is not None and triggered is not None:
             x = self.trigger.paste(x, triggered)
         if self.channels_last:
