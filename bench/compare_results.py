@@ -2,6 +2,9 @@
 
     python bench/compare_results.py BEFORE.csv AFTER.csv
 
+Then, per run, how far Utility x Healed moved (cells the same, mean and largest move): the cross-machine spread
+when AFTER is the same suite re-run on another machine.
+
 Rows are matched by (run, corruption, regularity, discovery rate, seed, view), reading an earlier file's labels
 as today's (`rem_det` -> `rem@found`, remflow.report.read_results); the score columns must be equal as written
 (seconds and memory are not compared). Exit 1 when a value differs or a row is in one file only.
@@ -43,11 +46,30 @@ def main() -> None:
           f"({len({p[1] for p in compared})} columns), {len(diff)} differ; {len(empty)} empty on both sides")
     for d in diff[:10]:
         print("  differs:", d)
+    moved(a, b, common)
     for name, only in (("before", set(a) - set(b)), ("after", set(b) - set(a))):
         if only:
             print(f"  only {name}: {len(only)}, e.g. {sorted(only)[:3]}")
     if diff or set(a) ^ set(b):
         sys.exit(1)
+
+
+def moved(a: dict, b: dict, common: list) -> None:
+    """How far Utility x Healed moved, per run: the cells whose score is the same as written, the mean and the
+    largest move of a cell (points); for a suite re-run on another machine, the cross-machine spread."""
+    by_run: dict[str, list[float]] = {}
+    for k in common:
+        by_run.setdefault(k[0], []).append(100 * (float(b[k]["score"]) - float(a[k]["score"])))
+    moves = [m for ms in by_run.values() for m in ms]
+    if not moves:
+        return
+    same = sum(1 for m in moves if m == 0)
+    print(f"Utility x Healed: {same} of {len(moves)} cells the same; a cell moves {sorted(map(abs, moves))[len(moves) // 2]:.2f} "
+          f"points at the median, {sum(map(abs, moves)) / len(moves):.2f} on average")
+    print(f"{'run':22s} {'same':>7s} {'mean move':>10s} {'largest':>8s}")
+    for run, ms in by_run.items():
+        print(f"{run:22s} {sum(1 for m in ms if m == 0):3d}/{len(ms):<3d} {sum(ms) / len(ms):+10.2f} "
+              f"{max(map(abs, ms)):8.2f}")
 
 
 if __name__ == "__main__":
