@@ -2,7 +2,8 @@
 
 For each seed and each `pretrain.select` (best_val: the best validation epoch; last: the model as training
 leaves it), pretrains the root suite's model on the random-label (or another) cell and prints Healed of the
-original model (0 = every corrupted label memorised) with the kept epoch.
+original model with the kept epoch, and the share of D_c whose drawn label is its true one (a model that
+memorised every corrupted label heals exactly that share; 0 where labels are drawn always wrong).
 
     python bench/memorisation.py                      # random labels, seeds 0-2, 2 threads
     python bench/memorisation.py --regularity medium --seeds 0 1 --threads 1
@@ -52,7 +53,9 @@ def main() -> None:
         raw["data"]["root"] = str((args.params.parent / raw["data"]["root"]).resolve())
     raw["runtime"]["threads"] = args.threads
     work = Path(tempfile.mkdtemp(prefix="memorisation-"))
-    print(f"{'seed':>4} {'select':>8} {'kept epoch':>10} {'healed of the original':>23}")
+    # drawn true: the share of D_c whose new label is its true one (random labels drawn over all classes); a
+    # model that memorised every corrupted label heals exactly that share
+    print(f"{'seed':>4} {'select':>8} {'kept epoch':>10} {'healed of the original':>23} {'drawn true':>10}")
     for seed in args.seeds:
         for select in args.select:
             raw["pretrain"]["select"] = select
@@ -67,7 +70,8 @@ def main() -> None:
             task = Task(splits, torch.device("cpu"), args.regularity, m, m["indices"])
             net, _ = load_model(cell / "pretrain" / "model.safetensors")
             healed = evaluate_model(net.deploy_() if net.widened else net, task)["healed"]
-            print(f"{seed:>4} {select:>8} {log['best_epoch']:>10} {healed:>23.3f}", flush=True)
+            same = sum(int(splits.train_y[i]) == int(y) for i, y in zip(m["indices"], m["labels"])) / len(m["indices"])
+            print(f"{seed:>4} {select:>8} {log['best_epoch']:>10} {healed:>23.3f} {same:>10.3f}", flush=True)
 
 
 if __name__ == "__main__":
