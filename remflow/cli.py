@@ -245,6 +245,9 @@ def evaluate(
     write: Annotated[bool, typer.Option("--write", help="with --from-csv: write the pooled rows' results.csv, "
                      "results.md, heatmaps (into --reports) and metrics (--metrics), as the evaluate stage "
                      "writes a whole grid's")] = False,
+    mixed: Annotated[bool, typer.Option("--mixed", help="with several --from-csv: pool them even where a run "
+                     "name stands for other settings in two files, or a corruption's originals were made under "
+                     "other settings (results.csv's settings and setup columns; refused by default)")] = False,
     regularity_plot: Annotated[Path | None, typer.Option(help="also write the PNG of every run's Utility x Healed "
                                "against measured regularity, of these rows (with --from-csv: pooled over the "
                                "files)")] = None,
@@ -260,11 +263,13 @@ def evaluate(
     if write and not from_csv:
         raise RemflowError("--write pools existing results files", key="--write",
                            hint="name them with --from-csv (the evaluate stage writes a grid's own reports)")
+    if mixed and not from_csv:
+        raise RemflowError("--mixed pools existing results files", key="--mixed", hint="name them with --from-csv")
     if from_csv and regularity_plot is not None and len(from_csv) > 1:
         rows = report.read_suites(from_csv)  # pooled over suites: each file's corruptions named by its suite
         p = None
     elif from_csv:
-        rows = report.read_results(from_csv)
+        rows = report.read_results(from_csv, mixed=mixed)
         p = None
     else:
         from remflow.evaluate import evaluate as gather

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from remflow.config import ParamsBase
+from remflow.config import CORRUPTION_OF, ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
 from remflow.progress import log
-from remflow.records import resolution, row_of, run_label
+from remflow.records import resolution, row_of, run_label, setup_text
 
 PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
 
@@ -184,6 +184,25 @@ def _settings_notes(params, rec: dict, folder: Path) -> list[tuple[str, str]]:
     return notes
 
 
+def setup_of(params: ParamsBase, rec: dict) -> str:
+    """The settings a run's original model was made under, its seed aside (results.csv's `setup`): the training
+    split's fingerprint and augmentation, the model, the pretraining recipe with the variant (standard or ETD) and
+    the corruption's settings. Files pooled with `--from-csv` must agree on it for a corruption they share, so
+    that seeds run under other settings are not pooled as one suite's."""
+    corruption = params.corruption.model_dump()
+    if rec.get("study") == "detection":
+        spec = params.detection.specs.get(rec.get("corruption"))
+        part = {"corruption": corruption, "spec": spec.model_dump() if hasattr(spec, "model_dump") else spec}
+    else:
+        name = CORRUPTION_OF.get(rec["regularity"], rec["regularity"])
+        part = {"count": corruption.get("count"), name: corruption.get(name)}
+    return setup_text({"data": {"fingerprint": (rec.get("dataset") or {}).get("fingerprint"),
+                                "augment": params.data.augment.model_dump()},
+                       "model": params.model.model_dump(),
+                       "pretrain": {**params.pretrain.model_dump(), "variant": rec.get("pretrained")},
+                       "corruption": part})
+
+
 def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe"
              ) -> tuple[list[dict], dict]:
     """One row per run of the grid (and of the detection study), from the run records; and the data they ran on
@@ -216,7 +235,7 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
         for key, note in _settings_notes(params, rec, folder):
             notes.setdefault(key, note)
         score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
-        rows.append(row_of(rec, folder, score))
+        rows.append(row_of(rec, folder, score, setup_of(params, rec)))
         if rec.get("study") != "detection" and inputs["manifest"] not in corrupted:  # the grid's D_c only
             corrupted[inputs["manifest"]] = len(read_json(inputs["manifest"], "corruption manifest").get("indices", []))
         if rec.get("study") != "detection" and isinstance(rec.get("forgotten"), int):

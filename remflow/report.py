@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
-from remflow.records import base_run
+from remflow.records import base_run, setup_parts
 
 # the robustness measurements of each run (remflow/robustness.py; empty where a suite turns them off)
 ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_steps", "fewshot_steps", "fewshot_back",
@@ -36,7 +36,7 @@ ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_step
 COLUMNS = ["run", "method", "pretrained", "regularity", "discovery_rate", "seed", "healed", "utility",
            "score", "healed_test", "forget_acc", "unlearn_seconds", "peak_memory_mb", "params_deployed",
            "params_peak", "corruption", "discovery", "view", "discovery_precision", "discovery_recall", "regularity_score",
-           *ROBUSTNESS, "details"]
+           *ROBUSTNESS, "setup", "settings", "details"]
 HEADLINE = ("healed", "utility", "score")
 TITLES = {"healed": "Healed", "utility": "Utility", "score": "Utility×Healed", "healed_test": "Healed (test)",
           "forget_acc": "Acc(D_f)", "unlearn_seconds": "seconds", "relearn_healed": "Healed after relearning",
@@ -497,10 +497,12 @@ def _old_view(row: dict) -> None:
             row["run"] = row["run"][: -len(suffix)] + "@" + view
 
 
-def read_results(paths: list[Path]) -> list[dict]:
-    """The rows of one or more results.csv files; a run's (cell, seed) may appear in only one of them."""
+def read_results(paths: list[Path], mixed: bool = False) -> list[dict]:
+    """The rows of one or more results.csv files; a run's (cell, seed) may appear in only one of them, and pooled
+    files must agree on each run's settings and each corruption's originals (`SettingsCheck`) unless `mixed`."""
     rows: list[dict] = []
     seen: dict[tuple, Path] = {}
+    same = SettingsCheck()
     needed = {"run", "regularity", "discovery_rate", "seed", "healed", "utility", "score"}
     for path in paths:
         if path.is_dir():
@@ -539,8 +541,42 @@ def read_results(paths: list[Path]) -> list[dict]:
                                    got=f"{key[0]} {key[2]} rate {key[3]:g} seed {key[4]}",
                                    hint="pool files of disjoint grids (other seeds, regularities or rates)")
             seen[key] = path
+            if not mixed:
+                same.add(r, path)
         rows += part
     return rows
+
+
+class SettingsCheck:
+    """Rows pooled from several results.csv files are one suite's only if a run name stands for the same settings
+    in every file (results.csv's `settings`: the run's method config and recipe) and a corruption's originals were
+    made under the same data, model, pretraining and corruption settings (`setup`, by part). A row of a file
+    written before those columns (empty) is not checked."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, tuple[str, Path]] = {}
+        self.setup: dict[tuple[str, str], tuple[dict, Path]] = {}
+
+    def add(self, row: dict, path: Path) -> None:
+        hint = ("pool the files of one suite's settings; `--mixed` pools them anyway, and "
+                "`python bench/paired_files.py A.csv B.csv` compares two settings cell by cell")
+        settings = str(row.get("settings") or "")
+        if settings:
+            first = self.settings.setdefault(row["run"], (settings, path))
+            if first[0] != settings:
+                raise RemflowError(f"run '{row['run']}' was made with other settings in {first[1]} than in {path}",
+                                   key=str(path), got=f"settings {first[0]} and {settings} (the run's method config "
+                                   "and recipe, as its records hold them)",
+                                   hint="rename the run in one suite's params (methods:) if both are wanted; " + hint)
+        parts = setup_parts(row.get("setup"))
+        if parts:
+            name = (row["corruption"], row.get("pretrained", "standard"))
+            first_parts, where = self.setup.setdefault(name, (parts, path))
+            differ = [k for k in parts if parts[k] != first_parts[k]]
+            if differ:
+                raise RemflowError(f"the originals of {name[0]} ({name[1]}) were made under other settings in "
+                                   f"{where} than in {path}", key=str(path),
+                                   got=f"{', '.join(differ)} differ{'s' if len(differ) == 1 else ''}", hint=hint)
 
 
 

@@ -453,3 +453,72 @@ def test_from_csv_shows_rems_taxonomy_unless_told(rows, tmp_path, monkeypatch):
     assert "Utility×Healed of rem" in shown.output and "Utility×Healed of none" not in shown.output
     other = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md", "--run", first])
     assert other.exit_code == 0 and f"Utility×Healed of {first}" in other.output
+
+
+def _with(rows, run=None, seed=None, **values):
+    return [{**r, **values} for r in rows if (run is None or r["run"] == run) and (seed is None or r["seed"] == seed)]
+
+
+def test_pooling_refuses_files_of_other_settings_and_names_what_differs(rows, tmp_path):
+    # two experiments of one grid (a seed each) pool; the same run name under other settings, or originals made
+    # under another pretraining recipe, would be two suites' rows counted as one suite's: refused, named
+    setup = "data:aaaaaa model:bbbbbb pretrain:cccccc corruption:dddddd"
+    marked = [{**r, "setup": setup, "settings": f"{r['run']}0001"} for r in rows]
+    s0, s1 = tmp_path / "s0.csv", tmp_path / "s1.csv"
+    s0.write_text(report.csv_text([r for r in marked if r["seed"] == 0]))
+    runner = CliRunner()
+    args = ["evaluate", "--format", "json", "--from-csv", str(s0), "--from-csv", str(s1)]
+
+    def pooled(seed1_rows, *extra):
+        s1.write_text(report.csv_text(seed1_rows))
+        return runner.invoke(app, [*args, *extra])
+
+    same = pooled([r for r in marked if r["seed"] == 1])
+    assert same.exit_code == 0, same.output
+    other = [{**r, "settings": "rem0002"} if r["run"] == "rem" else r for r in marked if r["seed"] == 1]
+    r = pooled(other)
+    flat = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "run 'rem' was made with other settings" in flat and "rem0001 and rem0002" in flat
+    longer = setup.replace("pretrain:cccccc", "pretrain:c0ffee")
+    r = pooled([{**r, "setup": longer} for r in marked if r["seed"] == 1])
+    flat = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and "were made under other settings" in flat and "pretrain differs" in flat, r.output
+    # --mixed pools them anyway, as the same rows without the columns (files written before them) always pool
+    assert pooled([{**r, "setup": longer} for r in marked if r["seed"] == 1], "--mixed").exit_code == 0
+    unmarked = pooled([{**r, "setup": "", "settings": ""} for r in marked if r["seed"] == 1])
+    assert unmarked.exit_code == 0 and json.loads(unmarked.output) == json.loads(same.output)
+    # the ETD model's rows are other originals: their own setup, not compared with the standard model's
+    etd = [{**r, "run": "rem_etd", "pretrained": "etd", "setup": longer} for r in marked if r["run"] == "rem"]
+    assert pooled([r for r in marked if r["seed"] == 1] + etd).exit_code == 0
+    assert runner.invoke(app, ["evaluate", "--mixed"]).exit_code == 2
+
+
+def test_setup_tells_the_originals_settings_apart_by_part(tmp_path):
+    from remflow.evaluate import setup_of
+    from remflow.params import load_params
+    from remflow.records import setup_parts
+
+    def parts(text: str, rec: dict) -> dict:
+        (tmp_path / "params.yaml").write_text(text)
+        return setup_parts(setup_of(load_params(tmp_path / "params.yaml", light=True), rec))
+
+    base = ("data: {dataset: digits}\nmodel: {name: cnn, width: 8}\npretrain: {epochs: 30}\n"
+            "corruption: {count: 64, backdoor: {patch: 3}}\n")
+    high = {"regularity": "high", "pretrained": "standard", "dataset": {"fingerprint": "28aa74899d7ab0c2"}}
+    medium = {**high, "regularity": "medium"}
+    a, b = parts(base, high), parts(base, medium)
+    assert set(a) == {"data", "model", "pretrain", "corruption"}
+    assert [k for k in a if a[k] != b[k]] == ["corruption"]  # backdoor against interclass confusion
+    assert parts(base, high) == a  # the same settings, the same digests
+    longer = parts(base.replace("epochs: 30", "epochs: 40"), high)
+    assert [k for k in a if a[k] != longer[k]] == ["pretrain"]
+    wider = parts(base.replace("width: 8", "width: 16"), high)
+    assert [k for k in a if a[k] != wider[k]] == ["model"]
+    patch = base.replace("patch: 3", "patch: 2")
+    assert [k for k in a if a[k] != parts(patch, high)[k]] == ["corruption"]
+    assert parts(patch, medium) == b  # the backdoor's settings are not the interclass originals'
+    assert [k for k in a if a[k] != parts(base, {**high, "dataset": {"fingerprint": "0"}})[k]] == ["data"]
+    assert [k for k in a if a[k] != parts(base, {**high, "pretrained": "etd"})[k]] == ["pretrain"]
+    assert parts(base.replace("count: 64", "count: 32"), medium) != b
+    assert parts(base + "runtime: {threads: 2, eval_batch_size: 512}\n", high) == a  # not settings of the original
