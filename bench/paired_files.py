@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from remflow import report as R
-from remflow.records import SETUP_PARTS, setup_parts
+from remflow.provenance import SETUP_PARTS, setup_parts
 
 
 def cells(rows: list[dict], run: str, metric: str, regularity: str | None) -> dict[tuple, float]:

@@ -15,7 +15,8 @@ from remflow.config import CORRUPTION_OF, ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
 from remflow.progress import log
-from remflow.records import resolution, row_of, run_label, setup_text
+from remflow.provenance import setup_text
+from remflow.records import resolution, row_of, run_label
 
 PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
 

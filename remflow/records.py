@@ -7,8 +7,6 @@ while the model is in memory (remflow.stages) and puts the scores, the costs and
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,34 +15,6 @@ from remflow.errors import RemflowError
 
 # what a record must carry for its row (written by the unlearn stage since records score themselves)
 ROW_KEYS = ("label", "corruption", "discovery", "discovery_precision", "discovery_recall")
-
-
-# what the original models depend on, each part a short digest in results.csv's `setup` column
-SETUP_PARTS = ("data", "model", "pretrain", "corruption")
-
-
-def digest(obj: Any, size: int = 8) -> str:
-    """A short, machine-independent digest of a JSON-able value (keys sorted)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:size]
-
-
-def setup_text(parts: dict[str, Any]) -> str:
-    """results.csv's `setup`: `data:<digest> model:<digest> pretrain:<digest> corruption:<digest>`, the settings
-    the row's original model was made under (its seed aside), so that pooled files can be checked to share them."""
-    return " ".join(f"{k}:{digest(parts[k], 6)}" for k in SETUP_PARTS)
-
-
-def setup_parts(text: str) -> dict[str, str]:
-    """`setup_text`'s parts back ({} for an empty or unreadable column: a file written before it)."""
-    parts = dict(p.split(":", 1) for p in str(text or "").split() if ":" in p)
-    return parts if set(parts) == set(SETUP_PARTS) else {}
-
-
-def settings_of(rec: dict[str, Any]) -> str:
-    """results.csv's `settings`: a digest of what the run executed (its method's config and its training recipe, as
-    its record holds them), the same for every cell of a run and different when any of its settings is."""
-    return digest({"method": rec.get("method"), "config": rec.get("config"), "recipe": rec.get("recipe")})
 
 
 def run_label(run: str, pretrained: str, view: str = "") -> str:
@@ -92,6 +62,8 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float, setup: st
         "discovery_recall": row["discovery_recall"],
     }
     extra = {k: round(float(v), 6) for k, v in (rec.get("measures") or {}).items()}
+    from remflow.provenance import settings_of  # not at the top: the unlearn stage's code reaches this module
+
     return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
             "setup": setup, "settings": settings_of(rec), "details": rec.get("stats", {})}
 

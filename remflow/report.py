@@ -27,7 +27,8 @@ from typing import Any, Iterable
 from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
-from remflow.records import base_run, setup_parts
+from remflow.provenance import setup_parts
+from remflow.records import base_run
 
 # the robustness measurements of each run (remflow/robustness.py; empty where a suite turns them off)
 ROBUSTNESS = ["relearn_healed", "relearn_drop", "relearn_utility", "relearn_steps", "fewshot_steps", "fewshot_back",

@@ -497,7 +497,7 @@ def test_pooling_refuses_files_of_other_settings_and_names_what_differs(rows, tm
 def test_setup_tells_the_originals_settings_apart_by_part(tmp_path):
     from remflow.evaluate import setup_of
     from remflow.params import load_params
-    from remflow.records import setup_parts
+    from remflow.provenance import setup_parts
 
     def parts(text: str, rec: dict) -> dict:
         (tmp_path / "params.yaml").write_text(text)
