@@ -48,10 +48,15 @@ def main():
         data = {"dataset": "fashion_mnist", "train_size": n, "test_size": 2000, "val_fraction": 0.1,
                 **({"root": args.fashion_root} if args.fashion_root else {})}
         sizes.append((n, *point({**short, "data": data, "corruption": {"count": 0.02}})))
-    table("training-set size (Fashion-MNIST subsets, CNN width 16; retrain 8 epochs, rem 10 repair epochs)",
-          "samples", sizes)
+    import yaml  # the labels say what ran: the root params.yaml's model, pretraining and repair budget
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    width, epochs, repair = base["model"]["width"], base["pretrain"]["epochs"], base["unlearn"]["epochs"]
+    table(f"training-set size (Fashion-MNIST subsets, CNN width {width}; retrain 8 epochs, rem {repair} repair "
+          "epochs)", "samples", sizes)
     widths = [(w, *point({"model": {"width": w}})) for w in [int(v) for v in args.widths.split(",")]]
-    table("model width (digits, CNN; retrain = pretraining's 40 epochs, rem 10 repair epochs)", "width", widths)
+    table(f"model width (digits, CNN; retrain = pretraining's {epochs} epochs, rem {repair} repair epochs)", "width",
+          widths)
 
 
 if __name__ == "__main__":
