@@ -234,7 +234,7 @@ def evaluate(
                                           "corruption manifest)")] = Path("artifacts/probe"),
     run: Annotated[str | None, typer.Option("--run", "--method", help="run of the taxonomy table (default: "
                    "evaluate.taxonomy_run, else rem, else the first run)")] = None,
-    metric: Annotated[str, typer.Option(help="metric of the taxonomy table: healed | utility | score")] = "score",
+    metric: Annotated[str, typer.Option(help="metric of the taxonomy table (healed | utility | score); healed or utility also adds its own paired table")] = "score",
     reference: Annotated[str | None, typer.Option(help="run the others are compared with, paired over the same "
                          "cells and seeds (default: evaluate.reference, else rem, else the first run)")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="how to print the tables")] = Format.table,

@@ -352,8 +352,10 @@ def paired_table(rows: list[dict], reference: str, metric: str = "score") -> Tab
 
 
 def terminal_tables(rows: list[dict], run: str, metric: str, reference: str) -> list[Table]:
-    """What `remflow evaluate` prints: each headline metric by regularity, the paired comparison, a taxonomy."""
-    return ([metric_table(rows, m) for m in HEADLINE] + [paired_table(rows, reference)]
+    """What `remflow evaluate` prints: each headline metric by regularity, the paired comparison (of Utility x
+    Healed, and of `metric` too when it is Healed or Utility), a taxonomy."""
+    also = [paired_table(rows, reference, metric)] if metric != "score" else []
+    return ([metric_table(rows, m) for m in HEADLINE] + [paired_table(rows, reference)] + also
             + [taxonomy_table(rows, run, metric)] + detection_tables(rows))
 
 
@@ -400,9 +402,13 @@ def summary_json(rows: list[dict], run: str, metric: str, reference: str) -> dic
                 out["summary"].setdefault(name, {}).setdefault(m, {})[col] = {"mean": mean, "sem": err, "runs": n}
     for reg, by_rate in taxonomy(rows, run, metric).items():
         out["taxonomy"]["cells"][reg] = {f"{r:g}": v for r, v in sorted(by_rate.items())}
-    for name, by in paired(rows, reference).items():
-        out["paired"]["runs"][name] = {col: {"diff": p.diff, "low": p.low, "high": p.high, "pairs": p.pairs,
-                                             "excludes_zero": p.excludes_zero} for col, p in by.items()}
+    metrics = ["score"] + ([metric] if metric != "score" else [])
+    for m in metrics:  # `paired`: Utility x Healed; `paired_<metric>`: the --metric's, when it is another
+        key = "paired" if m == "score" else f"paired_{m}"
+        out.setdefault(key, {"reference": reference, "metric": m, "confidence": CONFIDENCE, "runs": {}})
+        for name, by in paired(rows, reference, m).items():
+            out[key]["runs"][name] = {col: {"diff": p.diff, "low": p.low, "high": p.high, "pairs": p.pairs,
+                                            "excludes_zero": p.excludes_zero} for col, p in by.items()}
     return out
 
 

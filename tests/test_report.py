@@ -522,3 +522,19 @@ def test_setup_tells_the_originals_settings_apart_by_part(tmp_path):
     assert [k for k in a if a[k] != parts(base, {**high, "pretrained": "etd"})[k]] == ["pretrain"]
     assert parts(base.replace("count: 64", "count: 32"), medium) != b
     assert parts(base + "runtime: {threads: 2, eval_batch_size: 512}\n", high) == a  # not settings of the original
+
+
+def test_metric_healed_or_utility_adds_its_own_paired_comparison(rows, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(report.csv_text(rows))
+    runner = CliRunner()
+    out = json.loads(runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "json", "--reference",
+                                         "none", "--metric", "healed"]).output)
+    assert out["paired"]["metric"] == "score" and out["paired_healed"]["metric"] == "healed"
+    rem = out["paired_healed"]["runs"]["rem"]["all"]
+    assert rem["diff"] == pytest.approx(0.6375 - 0.05) and rem["pairs"] == 8  # RUNS: rem's Healed minus none's
+    assert rem["diff"] != pytest.approx(out["paired"]["runs"]["rem"]["all"]["diff"])
+    plain = json.loads(runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "json"]).output)
+    assert not any(k.startswith("paired_") for k in plain)
+    md = runner.invoke(app, ["evaluate", "--from-csv", str(path), "--format", "md", "--metric", "utility"]).output
+    assert "Utility − rem (points)" in md and "Utility×Healed − rem (points)" in md
