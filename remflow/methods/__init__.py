@@ -27,8 +27,9 @@ def _import_all() -> None:
             line = getattr(e, "lineno", None)
             raise RemflowError(f"the method module {module}.py cannot be imported ({type(e).__name__}: {e})",
                                key=f"{where}{f':{line}' if line else ''}",
-                               hint="fix or remove the file: every command imports every module of "
-                                    "remflow/methods (docs/adding-a-method.md)") from None
+                               hint="fix or remove the file: every command that runs a method or validates "
+                                    "params.yaml in full imports every module of remflow/methods "
+                                    "(docs/adding-a-method.md)") from None
 
 
 _import_all()
