@@ -32,6 +32,17 @@ def test_there_are_the_three_suites():
     assert {"cifar10-resnet9", "svhn-vit", "fashion-mnist"} <= set(SUITES)
 
 
+RECORDED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs" / "results").glob("*/params.yaml"))
+
+
+@pytest.mark.parametrize("path", RECORDED)
+def test_recorded_params_files_still_validate(path):
+    # docs/results/<run>/params.yaml files are offered for reproduction (`cp ... params.yaml && dvc repro`): each
+    # must pass today's schema and write every key today's dvc.yaml tracks
+    raw = YAML(typ="safe", pure=True).load((ROOT / path).read_text())
+    assert check_pipeline(load_params(ROOT / path), ROOT / "dvc.yaml", raw=raw) >= 6
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite_uses_the_root_pipeline_and_checks(suite):
     folder = ROOT / "pipelines" / suite
