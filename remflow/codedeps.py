@@ -17,7 +17,10 @@ of source files, and an unlearn cell also on its run's file:
 The hashes are of the syntax tree without docstrings (ast.dump: no comments, no formatting, no line numbers),
 so a docstring, comment or formatting edit re-runs nothing and any change of what the code does counts.
 Names are resolved statically: code reached only through a registry or getattr is covered when the module body
-holding the registry is reached (module bodies are always hashed with the definitions they use).
+holding the registry is reached (module bodies are always hashed with the definitions they use). A module body's
+imports are hashed for the names the reached code reads only: adding `import json` to a module for a function
+that one stage runs leaves the other stages' fingerprints as they were (an import made for its side effects
+alone is therefore not tracked; none of remflow's is).
 
 The stage depends on params.yaml and on the code folder, so it runs when either changes and otherwise not; it
 writes a file only when its content changes. Every stage depends on one of its files, so every stage runs after
@@ -82,7 +85,7 @@ class _Module:
                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
         self.body = [n for n in self.tree.body  # imports, constants, registries: the module's own statements
                      if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-        self._hashes: dict[str | None, str] = {}
+        self._hashes: dict = {}  # unit, or (None, used names) for the module's statements -> hash
         self._imports: dict[str | None, dict] = {}
         self._names: dict[str | None, set] = {}
         self.package_imports_of = name.split(".")[0]  # the package whose imports one walk collects
@@ -98,11 +101,18 @@ class _Module:
             self._scan(unit)
         return self._names[unit]
 
-    def hash(self, unit: str | None) -> str:
-        if unit not in self._hashes:
-            node = ast.Module(body=self.body, type_ignores=[]) if unit is None else self.defs[unit]
-            self._hashes[unit] = tree_hash(node)
-        return self._hashes[unit]
+    def hash(self, unit: str | None, used: frozenset[str] | None = None) -> str:
+        """A definition's hash, or (`unit` None) the module's own statements': with `used`, the names the walk's
+        code reads from this module, its imports keep only the names bound for that code (`_used_imports`)."""
+        key = unit if unit is not None or used is None else (None, used)
+        if key not in self._hashes:
+            if unit is None:
+                body = self.body if used is None else _used_imports(self.body, used)
+                node: ast.AST = ast.Module(body=body, type_ignores=[])
+            else:
+                node = self.defs[unit]
+            self._hashes[key] = tree_hash(node)
+        return self._hashes[key]
 
     def imports(self, unit: str | None, package: str) -> dict:
         if package != self.package_imports_of:
@@ -121,6 +131,25 @@ def _parsed(name: str, path: Path) -> _Module:
     if key not in _PARSED:
         _PARSED[key] = _Module(name, path)
     return _PARSED[key]
+
+
+def _used_imports(body: list[ast.stmt], used: frozenset[str]) -> list[ast.stmt]:
+    """A module's top-level statements with each import cut to the names in `used` (an import left with none is
+    dropped): an import that no reached code reads, such as one added for another stage's new function, leaves
+    the hash as it was, while an import that the reached code reads is hashed with where it comes from. `from
+    __future__` and `*` imports are kept whole. An import made only for its side effects is not tracked."""
+    out: list[ast.stmt] = []
+    for n in body:
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and not (
+                isinstance(n, ast.ImportFrom) and (n.module == "__future__" or any(a.name == "*" for a in n.names))):
+            names = [a for a in n.names if (a.asname or a.name.split(".")[0]) in used]
+            if not names:
+                continue
+            if len(names) != len(n.names):
+                n = ast.ImportFrom(module=n.module, names=names, level=n.level) if isinstance(n, ast.ImportFrom) \
+                    else ast.Import(names=names)
+        out.append(n)
+    return out
 
 
 def _import_entries(n: ast.AST, package: str, out: dict) -> None:
@@ -189,6 +218,7 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
         return modules[name]
 
     reached: set[tuple[str, str | None]] = set()  # (module, definition); None: the module's top-level code
+    used: dict[str, set[str]] = {}  # module -> the names reached code reads in it (its imports are cut to them)
     todo: list[tuple[str, str | None]] = []
     for entry in entries + common:
         mod, _, fn = entry.partition(":")
@@ -200,9 +230,14 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
             continue
         units = [(mod_name, None)] + ([(mod_name, fn)] if fn is not None and fn in m.defs else [])
         if fn is not None and fn not in m.defs:  # an attribute that is not a definition: a submodule or a value
+            used.setdefault(mod_name, set()).add(fn)
             sub = module(f"{mod_name}.{fn}")
             if sub is not None:
                 todo.append((sub.name, None))
+            elif fn in m.imports(None, package):  # a name the module imports from elsewhere in the package
+                src, attr = m.imports(None, package)[fn]
+                todo.append((src, attr) if attr is None or module(f"{src}.{attr}") is None
+                            else (f"{src}.{attr}", None))
         for unit in units:
             if unit in reached:
                 continue
@@ -210,6 +245,7 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
             imported = m.imports(unit[1], package)
             for chain in m.names(unit[1]):
                 head = chain[0]
+                used.setdefault(mod_name, set()).add(head)
                 if head in m.defs:
                     todo.append((mod_name, head))
                 elif head in imported:
@@ -224,7 +260,7 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
     for mod_name, fn in sorted(reached, key=lambda u: (u[0], u[1] or "")):
         m = modules[mod_name]
         rel = m.path.relative_to(code_root).as_posix()
-        out[rel if fn is None else f"{rel}:{fn}"] = m.hash(fn)
+        out[rel if fn is None else f"{rel}:{fn}"] = m.hash(fn, frozenset(used.get(mod_name, ())))
     return out
 
 

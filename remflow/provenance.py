@@ -5,8 +5,8 @@ which the evaluate stage takes from params (remflow.evaluate.setup_of); `setting
 method's config and training recipe, as its record holds them). `remflow evaluate --from-csv` refuses to pool
 files that differ in either for a run or corruption they share (remflow.report.SettingsCheck).
 
-A module of its own, apart from remflow.records: the unlearn stage's code reaches that module, and its code
-fingerprint (artifacts/code/stage-unlearn.json) hashes the module's body.
+A module of its own, apart from remflow.records, whose module body the unlearn stage's code fingerprint hashes
+(artifacts/code/stage-unlearn.json): how results are pooled is the evaluate stage's concern only.
 """
 
 from __future__ import annotations

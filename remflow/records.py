@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from remflow.errors import RemflowError
+from remflow.provenance import settings_of
 
 # what a record must carry for its row (written by the unlearn stage since records score themselves)
 ROW_KEYS = ("label", "corruption", "discovery", "discovery_precision", "discovery_recall")
@@ -62,8 +63,6 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float, setup: st
         "discovery_recall": row["discovery_recall"],
     }
     extra = {k: round(float(v), 6) for k, v in (rec.get("measures") or {}).items()}
-    from remflow.provenance import settings_of  # not at the top: the unlearn stage's code reaches this module
-
     return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
             "setup": setup, "settings": settings_of(rec), "details": rec.get("stats", {})}
 

@@ -111,6 +111,19 @@ def test_an_edit_changes_the_fingerprints_of_the_stages_that_run_it_only(tmp_pat
     assert again["pretrain"] != after["pretrain"] and again["evaluate"] == after["evaluate"]
     runs_again = codedeps.fingerprints(params, code / "methods")
     assert runs_again["finetune"] != runs["finetune"]
+    # an import the reached code does not read, added to a module that every stage reaches (for a function of
+    # one stage, say): no fingerprint moves; the same import read by a reached definition moves that one's
+    base = again
+    after = edit("records.py", "import math\n", "import math\nimport statistics\nfrom json import dumps\n")
+    assert after == base
+    after = edit("records.py", "    points = 100.0 / corrupted", "    dumps(0)\n    points = 100.0 / corrupted")
+    assert after["unlearn"] == base["unlearn"]  # resolution() is evaluate's, not the unlearn stage's
+    assert after["evaluate"]["records.py:resolution"] != base["evaluate"]["records.py:resolution"]
+    assert after["evaluate"]["records.py"] != base["evaluate"]["records.py"]  # its import now hashed
+    moved = edit("records.py", "from json import dumps\n", "from pickle import dumps\n")
+    assert moved["evaluate"]["records.py"] != after["evaluate"]["records.py"] and moved["unlearn"] == base["unlearn"]
+    # a module-level constant is hashed whole, as before
+    assert edit("records.py", "MIN_FORGET_IMAGES = 10", "MIN_FORGET_IMAGES = 11")["unlearn"] != base["unlearn"]
 
 
 def test_no_project_carries_method_code_links():
@@ -208,3 +221,19 @@ def test_record_refuses_a_folder_that_holds_anything_but_its_own_files(tmp_path)
     assert codedeps.record(tmp_path, validate(_raw_root_params()), out) == []  # its own files: accepted
     (out / ".rem.json.k3j2h1.tmp").write_text("{")  # what an interrupted write leaves: its own, pruned
     assert codedeps.record(tmp_path, validate(_raw_root_params()), out) == [".rem.json.k3j2h1.tmp"]
+
+
+def test_a_name_imported_through_a_module_that_re_exports_it_reaches_its_definition(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import helper\n\n\ndef entry():\n    return helper()\n")
+    (pkg / "b.py").write_text("import json\nfrom pkg.c import helper\n")  # re-exports c's helper
+    (pkg / "c.py").write_text("def helper():\n    return 1\n\n\ndef other():\n    return 2\n")
+    files = codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=())
+    assert {"a.py:entry", "b.py", "c.py:helper"} <= set(files) and "c.py:other" not in files
+    (pkg / "c.py").write_text("def helper():\n    return 30\n\n\ndef other():\n    return 2\n")  # another size
+    again = codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=())
+    assert again["c.py:helper"] != files["c.py:helper"]
+    (pkg / "b.py").write_text("import json\nimport os\nfrom pkg.c import helper\n")  # an import nothing reads
+    assert codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=()) == again
