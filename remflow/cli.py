@@ -275,7 +275,9 @@ def evaluate(
         from remflow.evaluate import evaluate as gather
 
         p = _params(params, light=True)
-        rows, dataset = gather(p, runs, probes)
+        from remflow.params import read_yaml
+
+        rows, dataset = gather(p, runs, probes, raw=read_yaml(params))  # the rates as written name the folders
     if not rows:
         raise RemflowError("the grid has no runs", key="grid.methods", hint="list methods to run under grid:")
     names = report.runs_in_order(rows)
@@ -413,6 +415,12 @@ def recheck(
     outputs with the suite's, byte for byte; with --record, record the new code hashes when all are the same."""
     from remflow.executor.recheck import recheck as run_recheck
 
+    if Path("dvc.yaml").is_file() and Path("params.yaml").is_file():  # as `remflow run`: bad input named first
+        from remflow.params import read_yaml
+        from remflow.pipeline_check import check_pipeline
+
+        check_pipeline(_params(Path("params.yaml")), Path("dvc.yaml"), raw=read_yaml(Path("params.yaml")),
+                       params_path=Path("params.yaml"))
     result = run_recheck(Path("."), stages, record=record, echo=lambda text: err.print(escape(text)))
     if not result.stages:
         out.print("Data and pipelines are up to date." if not result.changed else "nothing to re-run")
@@ -493,6 +501,17 @@ def main() -> None:
             sys.exit(1)
         ours = [f for f in frames if "remflow" in f.filename] or frames
         where = f"{ours[-1].filename}:{ours[-1].lineno} ({ours[-1].name})" if ours else "?"
+        methods = os.path.join("remflow", "methods") + os.sep
+        in_method = [f for f in frames if methods in f.filename]
+        if in_method:  # raised in a method module: the user's own method, or one of remflow's
+            f = in_method[-1]
+            err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\n"
+                            f"where: {escape(f'{f.filename}:{f.lineno} ({f.name})')}\n"
+                            "raised in a method module: if it is a method you added, the error is in its code "
+                            "(docs/adding-a-method.md); if it is one of remflow's, please report it. "
+                            "REMFLOW_DEBUG=1 shows the whole traceback",
+                            title="[red]remflow: error in a method[/red]", title_align="left"))
+            sys.exit(1)
         err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\nwhere: {escape(where)}\n"
                         "this is a bug in remflow, not a problem with your input; REMFLOW_DEBUG=1 shows the "
                         "whole traceback (please include it in a report)",

@@ -34,11 +34,15 @@ def expected_cells(params: ParamsBase) -> list[tuple[str, str, str, float, int]]
     return cells
 
 
-def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tuple[dict, Path]]:
+def _collect(runs_dir: str | Path, cells: list[tuple], key, describe, folder_of=None) -> list[tuple[dict, Path]]:
     """The run records of `cells` under `runs_dir`, in their order: `key(rec)` names a record's cell (None: not
-    of this grid); stale records of removed cells are ignored, a missing one is refused (`describe(cell)`)."""
+    of this grid); stale records of removed cells are ignored, a missing one is refused (`describe(cell)`).
+    Two folders of one cell (a rate written 1.0, then 1, names another stage, whose old folder stays): the one
+    `folder_of(cell)` names, the folder the grid's stage writes now, is taken and the other noted as stale;
+    without `folder_of`, or when neither is that folder, both are refused."""
     found: dict[tuple, tuple[dict, Path]] = {}
     wanted = set(cells)
+    stale: list[str] = []
     for rec_path in sorted(Path(runs_dir).glob("*/record.json")):
         if rec_path.parent.name.startswith("."):  # a temporary folder a killed stage left (io.atomic_dir)
             continue
@@ -47,11 +51,22 @@ def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tu
         if k is None:
             continue
         if k in found and k in wanted:  # one left by an earlier grid whose stage had another name
-            raise RemflowError(f"two run folders hold the same cell: {found[k][1].name} and {rec_path.parent.name}",
-                               key=str(runs_dir), got=", ".join(map(str, k)),
-                               hint="one was left by an earlier grid (a rate written 1.0, then 1, names another "
-                                    "stage): delete the folder no stage of `dvc stage list` writes")
+            current = folder_of(k) if folder_of is not None else None
+            first, this = found[k][1].name, rec_path.parent.name
+            if current in (first, this):
+                stale.append(this if current == first else first)
+                if current == first:
+                    continue
+            else:
+                raise RemflowError(f"two run folders hold the same cell: {first} and {this}", key=str(runs_dir),
+                                   got=", ".join(map(str, k)),
+                                   hint="one was left by an earlier grid (a rate written 1.0, then 1, names "
+                                        "another stage): delete the folder no stage of `dvc stage list` writes")
         found[k] = (rec, rec_path.parent)
+    if stale:
+        log(f"note: {len(stale)} run folder{'s' if len(stale) > 1 else ''} of the grid's cells under a rate "
+            f"written otherwise before (e.g. {Path(runs_dir) / stale[0]}) left out: the grid's stages write "
+            "other folders now; delete them to free the space")
     missing = [c for c in cells if c not in found]
     if missing:
         raise RemflowError(f"{len(missing)} of {len(cells)} {describe(missing[0])}", key=str(runs_dir),
@@ -59,8 +74,21 @@ def _collect(runs_dir: str | Path, cells: list[tuple], key, describe) -> list[tu
     return [found[c] for c in cells]
 
 
-def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, Path]]:
-    """The run records of the current grid; stale runs of removed cells are ignored, missing ones refused."""
+def spelled(values, written) -> dict[float, str]:
+    """A list's values as params.yaml writes them, as DVC names stages by them (`1` and `1.0` are two stage names),
+    by their value: `written` is the list as read from the YAML, `values` as validated."""
+    out = {float(v): str(v) for v in values}
+    if isinstance(written, list):
+        for w in written:
+            if isinstance(w, (int, float)) and not isinstance(w, bool):
+                out[float(w)] = str(w)
+    return out
+
+
+def collect_runs(params: ParamsBase, runs_dir: str | Path, rates: dict[float, str] | None = None
+                 ) -> list[tuple[dict, Path]]:
+    """The run records of the current grid; stale runs of removed cells are ignored, missing ones refused.
+    `rates`: the grid's rates as written (`spelled`), which name the folders its stages write."""
 
     def key(rec, rec_path):
         if rec.get("study") == "detection":
@@ -75,7 +103,12 @@ def collect_runs(params: ParamsBase, runs_dir: str | Path) -> list[tuple[dict, P
         run, var, reg, rate, seed = cell
         return f"runs are missing, e.g. {run_label(run, var)} {reg} rate {rate} seed {seed}"
 
-    return _collect(runs_dir, expected_cells(params), key, describe)
+    def folder_of(cell):  # dvc.yaml: unlearn writes runs/${key}, unlearn_etd runs/etd-${key}
+        run, var, reg, rate, seed = cell
+        name = f"{run}-{reg}-{(rates or {}).get(rate, str(rate))}-{seed}"
+        return name if var == "standard" else f"etd-{name}"
+
+    return _collect(runs_dir, expected_cells(params), key, describe, folder_of)
 
 
 def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
@@ -87,7 +120,8 @@ def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
             for corr in d.corruptions for b in d.budgets for seed in params.grid.seeds]
 
 
-def collect_detection_runs(params, runs_dir: str | Path) -> list[tuple[dict, Path]]:
+def collect_detection_runs(params, runs_dir: str | Path, budgets: dict[float, str] | None = None
+                           ) -> list[tuple[dict, Path]]:
     def key(rec, _):
         if rec.get("study") != "detection":
             return None
@@ -97,7 +131,11 @@ def collect_detection_runs(params, runs_dir: str | Path) -> list[tuple[dict, Pat
         run, corr, b, seed, view = cell
         return f"detection-study runs are missing, e.g. {run} on {corr} budget {b:g} seed {seed} ({view})"
 
-    return _collect(runs_dir, expected_detection_cells(params), key, describe)
+    def folder_of(cell):  # dvc.yaml: unlearn_x writes runs/x-${key}
+        run, corr, b, seed, view = cell
+        return f"x-{run}-{corr}-{(budgets or {}).get(b, str(b))}-{seed}-{view}"
+
+    return _collect(runs_dir, expected_detection_cells(params), key, describe, folder_of)
 
 
 def probe_path(probes_dir: str | Path, manifest_path: str) -> Path:
@@ -204,11 +242,16 @@ def setup_of(params: ParamsBase, rec: dict) -> str:
                        "corruption": part})
 
 
-def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe"
-             ) -> tuple[list[dict], dict]:
+def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = "artifacts/probe",
+             raw: dict | None = None) -> tuple[list[dict], dict]:
     """One row per run of the grid (and of the detection study), from the run records; and the data they ran on
-    ({"about", "fingerprint"}), which every record must share."""
-    runs = collect_runs(params, runs_dir) + collect_detection_runs(params, runs_dir)
+    ({"about", "fingerprint"}), which every record must share. `raw`: params.yaml as read, for the rates and
+    budgets as written, which name the run folders."""
+    raw = raw if isinstance(raw, dict) else {}
+    grid, det = raw.get("grid") or {}, raw.get("detection") or {}
+    rates = spelled(params.grid.discovery_rates, grid.get("discovery_rates") if isinstance(grid, dict) else None)
+    budgets = spelled(params.detection.budgets, det.get("budgets") if isinstance(det, dict) else None)
+    runs = collect_runs(params, runs_dir, rates) + collect_detection_runs(params, runs_dir, budgets)
     digests: dict[str, str] = {}
     probes: dict[str, float] = {}
     notes: dict[str, str] = {}  # one note per key or run (not per cell)

@@ -217,7 +217,9 @@ def _describe(err: dict) -> tuple[str, str, str]:
     kind, msg = err.get("type", ""), err.get("msg", "")
     if kind == "union_tag_invalid" and cleaned[:2] == ["detection", "specs"]:
         return key, f"unknown corruption kind; known: {', '.join(FAMILY)}", _short((err.get("ctx") or {}).get("tag"))
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and PLUGIN_MODEL_TAG in loc[1:2] and len(cleaned) == 2:
+        msg = "not a key of a plug-in model: its constructor's arguments go under `model.options`"
+    elif kind == "extra_forbidden":
         msg = "unknown key (a typo?)"
     elif kind == "union_tag_not_found" and cleaned[:1] == ["model"]:
         return "model.name", "required key is missing: cnn, resnet9, vit, or <module>:<Class> (a plug-in)", ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,8 +284,14 @@ def execute(prep: Prepared, identity: dict, row: dict, model_path, manifest_path
             result = prep.method.unlearn(ctx, cfg)
         else:  # no known corrupted sample (a detector without true positives): the original model stays
             result, ctx.stats["empty_forget_set"] = copy.deepcopy(ctx.model), True
-    if shape_signature(result) != shape_signature(prep.deployed):
-        raise RuntimeError(f"method '{cfg.method}' returned a model that is not the deployed architecture")
+    if not isinstance(result, torch.nn.Module) or shape_signature(result) != shape_signature(prep.deployed):
+        module = sys.modules.get(prep.method.unlearn.__module__)
+        what = "a model that is not the deployed architecture" if isinstance(result, torch.nn.Module) else \
+            f"{type(result).__name__}, not a model"
+        raise RemflowError(f"method '{cfg.method}' returned {what}", key=getattr(module, "__file__", None) or
+                           prep.method.unlearn.__module__, got=type(result).__name__,
+                           hint="a method returns the unlearnt model, of the architecture it was given (with added "
+                                "channels cut off: docs/adding-a-method.md)")
 
     record: dict[str, Any] = {
         **identity,

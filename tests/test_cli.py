@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,22 @@ def test_the_installed_command_exits_2_without_traceback(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "--regularity" in res.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_recheck_names_bad_params_before_anything_runs(tmp_path, monkeypatch):
+    # as every command: the key and the value, not the check stage's panel border; nothing written
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params_file(tmp_path, {"grid": {"discovery_rates": [0.1, 0.5, 1.5]}})
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_refused(invoke("recheck"), "grid.discovery_rates.2", "1.5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_check_stage_refusal_is_read_from_its_panel():
+    from remflow.executor.recheck import _reason
+
+    panel = ("╭─ remflow: error ────╮\n│ grid.discovery_rates.2: must be in (0, 1] │\n│ given: 1.5 │\n"
+             "╰─────────────────────╯\n")
+    assert _reason(panel) == "grid.discovery_rates.2: must be in (0, 1] / given: 1.5"
+    assert _reason("") is None

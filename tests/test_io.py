@@ -140,3 +140,27 @@ def test_a_cell_held_by_two_run_folders_is_refused_not_picked(tmp_path):
         _collect(runs, [("rem-low-1",)], lambda rec, _: (rec["cell"],), lambda c: "runs are missing")
     # a folder of a cell the grid no longer has is ignored, as before
     assert _collect(runs, [], lambda rec, _: (rec["cell"],), lambda c: "runs are missing") == []
+
+
+def test_a_cell_held_by_two_run_folders_takes_the_folder_the_grid_writes_now(tmp_path, capsys):
+    """Rates written 1.0 and then 1: the grid's stage now writes rem-low-1-0, the old rem-low-1.0-0 stays. With the
+    rates as written, evaluate takes the folder the grid writes now, whichever sorts first, and notes the other."""
+    import json
+
+    from remflow.evaluate import _collect, spelled
+
+    runs = tmp_path / "runs"
+    for name, score in (("rem-low-1-0", 0.93), ("rem-low-1.0-0", 0.95), ("rem-low-0.5-0", 0.5)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "record.json").write_text(json.dumps({"cell": ["rem", "low", 1.0 if "-1" in name else 0.5],
+                                                             "score": score}))
+    key = lambda rec, _: tuple(rec["cell"])  # noqa: E731
+    cells = [("rem", "low", 0.5), ("rem", "low", 1.0)]
+    for written, score in (([0.5, 1], 0.93), ([0.5, 1.0], 0.95)):
+        rates = spelled([0.5, 1.0], written)
+        got = _collect(runs, cells, key, lambda c: "missing", lambda c: f"{c[0]}-{c[1]}-{rates[c[2]]}-0")
+        assert [rec["score"] for rec, _ in got] == [0.5, score]
+        assert "1 run folder of the grid's cells under a rate written otherwise" in capsys.readouterr().err
+    # neither folder is the grid's: refused, as without the spelling
+    with pytest.raises(RemflowError, match="two run folders hold the same cell"):
+        _collect(runs, cells, key, lambda c: "missing", lambda c: "rem-low-1.00-0")

@@ -160,6 +160,17 @@ def test_an_exception_in_a_plug_in_is_named_as_the_users_code(tmp_path, nets):
         def unlearn(ctx, cfg):
             return ctx.model
     """), ["registered twice", "remflow.methods.finetune", "remflow.methods.zz_user_method"]),
+    (textwrap.dedent("""
+        from typing import Literal
+        from remflow.methods.base import MethodConfig, register
+
+        class Cfg(MethodConfig):
+            method: Literal["zz_mine"] = "zz_mine"
+
+        @register("zz_mine", Cfg, summary="mine", reference="-")
+        def unlearn(ctx):
+            return ctx.model
+    """), ["cannot take (ctx, cfg)", "remflow.methods.zz_user_method.unlearn", "unlearn(ctx)"]),
 ])
 def test_a_broken_method_module_is_named_with_exit_code_2(tmp_path, body, needles):
     """A method file added to remflow/methods that does not import, or takes a built-in method's name, stops
@@ -188,3 +199,33 @@ def test_a_reader_failing_inside_numpy_points_at_the_users_line(tmp_path, monkey
     r = invoke("check", "--params", str(write_yaml(tmp_path / "params.yaml", p)), "--dvc", str(ROOT / "dvc.yaml"))
     flat = "".join(r.output.replace("│", "").split())
     assert r.exit_code == 2 and f"{name}.py:4" in flat, r.output
+
+
+def test_a_method_that_returns_no_model_or_another_architecture_is_named_not_a_remflow_bug(cells, monkeypatch):
+    import dataclasses
+
+    from remflow.errors import RemflowError
+    from remflow.methods import REGISTRY
+
+    cells.pretrained("high")
+    for returned, needle in ((lambda ctx, cfg: None, "returned NoneType, not a model"),
+                             (lambda ctx, cfg: torch.nn.Linear(2, 2), "not the deployed architecture")):
+        monkeypatch.setitem(REGISTRY, "none", dataclasses.replace(REGISTRY["none"], unlearn=returned))
+        with pytest.raises(RemflowError, match=needle) as e:
+            cells.run("none", "high", 1.0)
+        assert "test_plugin_errors.py" in e.value.key  # the module of the method's function
+
+
+def test_an_exception_raised_in_a_method_module_is_named_as_the_methods(tmp_path):
+    """A method added to remflow/methods is remflow's file by path, but not remflow's bug: an exception raised in
+    it is shown as the method's, with its file and line, in a copy of the package."""
+    shutil.copytree(ROOT / "remflow", tmp_path / "remflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (tmp_path / "remflow" / "methods" / "zz_raises.py").write_text(
+        "def unlearn(ctx, cfg):\n    raise ValueError('my method broke')\n")
+    code = ("from remflow import cli\nfrom remflow.methods import zz_raises\n"
+            "cli.app = lambda: zz_raises.unlearn(None, None)\ncli.main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "300"})
+    assert res.returncode == 1, res.stderr
+    assert "error in a method" in res.stderr and "zz_raises.py:2" in res.stderr, res.stderr
+    assert "my method broke" in res.stderr and "bug in remflow" not in res.stderr and "Traceback" not in res.stderr

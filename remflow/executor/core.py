@@ -263,8 +263,13 @@ def _loop(ray, repo, root, stages, ups, downs, opts, report, timed, view, stop, 
 
     slots = _cluster_slots(ray, opts)
     if slots < 1:
-        raise RemflowError("the cluster cannot hold one run with these resources", key="runtime.cpus/gpus",
-                           got=f"cpus {opts.cpus}, gpus {opts.gpus}; cluster {ray.cluster_resources()}")
+        have = ray.cluster_resources()
+        raise RemflowError("the cluster cannot hold one run with these resources",
+                           key="runtime.cpus / runtime.gpus (or --cpus / --gpus)",
+                           got=f"a run asks for {opts.cpus:g} CPUs and {opts.gpus or 0:g} GPUs; the cluster has "
+                               f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs",
+                           hint="ask for at most what one machine of the cluster has (a fraction of a GPU shares "
+                                "one: --gpus 0.25)")
     # more workers than the resources hold would wait for resources forever (each holds its share while alive)
     n = max(1, min(opts.workers or slots, slots, len(stages)))
     report.workers = n

@@ -98,8 +98,14 @@ def _run_check_stage(root: Path, stage) -> None:
         r = subprocess.run(cmd, shell=True, cwd=root, capture_output=True, text=True)
         if r.returncode:
             raise RemflowError("the pipeline's check stage refused the suite", key=str(root / "params.yaml"),
-                               got=(r.stderr or r.stdout).strip().splitlines()[-1:] or None,
-                               hint="`remflow check` in the suite says what is wrong")
+                               got=_reason(r.stderr or r.stdout), hint="`remflow check` in the suite says what is wrong")
+
+
+def _reason(text: str) -> str | None:
+    """The lines of a remflow error panel (its message, where, given, fix) without the panel's borders, joined."""
+    lines = [ln.strip().strip("│").strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("╭", "╰"))]
+    return " / ".join(lines[:6]) or None
 
 
 def recheck(root: Path, stages: list[str] | None = None, record: bool = False, echo=print) -> Recheck:

@@ -154,6 +154,15 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
+def _signature_text(fn) -> str:
+    import inspect
+
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return " (not a function)"
+
+
 def register(name: str, config: type[MethodConfig], *, summary: str, reference: str, uses_expansion: bool = False,
              ablation: bool = False):
     field_ = config.model_fields.get("method")
@@ -161,6 +170,16 @@ def register(name: str, config: type[MethodConfig], *, summary: str, reference: 
         raise TypeError(f"{config.__name__}.method must be Literal['{name}'] with default '{name}'")
 
     def wrap(fn):
+        import inspect
+
+        try:
+            inspect.signature(fn).bind(None, None)
+        except (TypeError, ValueError):
+            where = f"{fn.__module__}.{getattr(fn, '__name__', fn)}"
+            raise RemflowError(f"method '{name}' is registered with a function that cannot take (ctx, cfg)",
+                               key=where, got=f"{getattr(fn, '__name__', fn)}{_signature_text(fn)}",
+                               hint="def unlearn(ctx: UnlearnContext, cfg: <its config>) -> nn.Module, returning "
+                                    "the unlearnt model (docs/adding-a-method.md)") from None
         if name in REGISTRY:
             first = REGISTRY[name].unlearn.__module__
             raise RemflowError(f"method '{name}' is registered twice: by {first} and by {fn.__module__}",
