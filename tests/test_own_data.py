@@ -196,6 +196,9 @@ def _npz_text(tmp: Path) -> tuple[dict, str]:
 @pytest.mark.parametrize("case,needle", [
     (lambda t: ({"dataset": "folder", "root": str(t / "nowhere")}, str(t / "nowhere")), "dataset folder not found"),
     (lambda t: ({"dataset": "npz", "root": str(t / "none.npz")}, str(t / "none.npz")), "npz file not found"),
+    (lambda t: ({"dataset": "folder", "root": str(write_npz(t / "d.npz"))}, str(t / "d.npz")),
+     "the dataset folder is a file"),
+    (lambda t: ({"dataset": "npz", "root": str(t)}, str(t)), "data.root is a folder, not an npz file"),
     (_empty_class, "empty class"),
     (_one_class, "at least two classes"),
     (_mixed_channels, "mixed channel counts"),
@@ -204,7 +207,7 @@ def _npz_text(tmp: Path) -> tuple[dict, str]:
     (_npz_mixed_channels, "mixed channel counts"),
     (_npz_missing_key, "lacks y_test"),
     (_npz_text, "not a whole zip archive"),
-], ids=["missing-folder", "missing-npz", "empty-class", "one-class", "mixed-channels", "sizes-differ",
+], ids=["missing-folder", "missing-npz", "folder-is-a-file", "npz-is-a-folder", "empty-class", "one-class", "mixed-channels", "sizes-differ",
         "label-out-of-range", "npz-mixed-channels", "npz-missing-key", "npz-text"])
 def test_bad_own_data_exits_2_naming_the_path_and_writes_nothing(tmp_path, case, needle):
     data, path = case(tmp_path)

@@ -76,8 +76,8 @@ def folder_classes(root: Path) -> list[str]:
     """The class names of an image tree: the sorted folder names under train/ (label i is the i-th name)."""
     train = root / "train"
     if not root.is_dir():
-        raise RemflowError("dataset folder not found", key=str(root), got="data.root",
-                           hint="data.root must hold train/<class>/* and test/<class>/*")
+        raise RemflowError("the dataset folder is a file" if root.exists() else "dataset folder not found",
+                           key="data.root", got=str(root), hint="data.root must hold train/<class>/* and test/<class>/*")
     if not train.is_dir():
         raise RemflowError("no train/ folder in the dataset folder", key=str(train),
                            hint="an image tree holds train/<class>/* and test/<class>/*")
@@ -193,7 +193,8 @@ def _decode(files: list[Path], resize: int | None, first: dict) -> np.ndarray:
 
 def read_npz(path: Path):
     if not path.is_file():
-        raise RemflowError("npz file not found", key="data.root", got=str(path),
+        raise RemflowError("data.root is a folder, not an npz file" if path.is_dir() else "npz file not found",
+                           key="data.root", got=str(path),
                            hint=f"data.root must be an .npz file holding {', '.join(ARRAY_KEYS)}")
     if not zipfile.is_zipfile(path):  # np.load would take it for a pickle (or a lone .npy) and say so
         raise RemflowError("not a readable npz file: not a whole zip archive (truncated, or another format)",
