@@ -557,8 +557,9 @@ def read_results(paths: list[Path], mixed: bool = False) -> list[dict]:
 class SettingsCheck:
     """Rows pooled from several results.csv files are one suite's only if a run name stands for the same settings
     in every file (results.csv's `settings`: the run's method config and recipe) and a corruption's originals were
-    made under the same data, model, pretraining and corruption settings (`setup`, by part). A row of a file
-    written before those columns (empty) is not checked."""
+    made under the same data, model, pretraining and corruption settings (`setup`, by part). Files are held against
+    each other, not a file against itself (one written with `--mixed --write` holds both); a row of a file written
+    before those columns (empty) is not checked."""
 
     def __init__(self) -> None:
         self.settings: dict[str, tuple[str, Path]] = {}
@@ -570,7 +571,7 @@ class SettingsCheck:
         settings = str(row.get("settings") or "")
         if settings:
             first = self.settings.setdefault(row["run"], (settings, path))
-            if first[0] != settings:
+            if first[0] != settings and first[1] != path:
                 raise RemflowError(f"run '{row['run']}' was made with other settings in {first[1]} than in {path}",
                                    key=str(path), got=f"settings {first[0]} and {settings} (the run's method config "
                                    "and recipe, as its records hold them)",
@@ -579,7 +580,7 @@ class SettingsCheck:
         if parts:
             name = (row["corruption"], row.get("pretrained", "standard"))
             first_parts, where = self.setup.setdefault(name, (parts, path))
-            differ = [k for k in parts if parts[k] != first_parts[k]]
+            differ = [k for k in parts if parts[k] != first_parts[k]] if where != path else []
             if differ:
                 raise RemflowError(f"the originals of {name[0]} ({name[1]}) were made under other settings in "
                                    f"{where} than in {path}", key=str(path),

@@ -486,6 +486,11 @@ def test_pooling_refuses_files_of_other_settings_and_names_what_differs(rows, tm
     assert r.exit_code == 2 and "were made under other settings" in flat and "pretrain differs" in flat, r.output
     # --mixed pools them anyway, as the same rows without the columns (files written before them) always pool
     assert pooled([{**r, "setup": longer} for r in marked if r["seed"] == 1], "--mixed").exit_code == 0
+    # ... and the file it writes, which holds both, reads back on its own
+    both = tmp_path / "both"
+    r = runner.invoke(app, [*args, "--mixed", "--write", "--reports", str(both), "--metrics", str(both / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["evaluate", "--format", "json", "--from-csv", str(both / "results.csv")]).exit_code == 0
     unmarked = pooled([{**r, "setup": "", "settings": ""} for r in marked if r["seed"] == 1])
     assert unmarked.exit_code == 0 and json.loads(unmarked.output) == json.loads(same.output)
     # the ETD model's rows are other originals: their own setup, not compared with the standard model's
