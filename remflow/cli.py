@@ -505,8 +505,9 @@ def main() -> None:
         in_method = [f for f in frames if methods in f.filename]
         if in_method:  # raised in a method module: the user's own method, or one of remflow's
             f = in_method[-1]
+            inner = f"\nraised at: {escape(where)}" if ours and ours[-1] is not f else ""
             err.print(Panel(f"[bold]{escape(type(e).__name__)}: {escape(str(e))}[/bold]\n"
-                            f"where: {escape(f'{f.filename}:{f.lineno} ({f.name})')}\n"
+                            f"where: {escape(f'{f.filename}:{f.lineno} ({f.name})')}{inner}\n"
                             "raised in a method module: if it is a method you added, the error is in its code "
                             "(docs/adding-a-method.md); if it is one of remflow's, please report it. "
                             "REMFLOW_DEBUG=1 shows the whole traceback",
