@@ -525,7 +525,9 @@ class ParamsBase(Strict):
         for key in ("taxonomy_run", "reference"):
             value = getattr(self.evaluate, key)
             if value is not None and names and value not in names:  # no run at all: check names grid.methods
-                raise CrossError(f"evaluate.{key}", value, f"not among the grid's runs: {', '.join(names)}")
+                fallback = "rem" if "rem" in names else names[0]
+                raise CrossError(f"evaluate.{key}", value, f"not among the grid's runs: {', '.join(names)} (name one "
+                                 f"of them, or write `{key}: null` for {fallback})")
         return self
 
     # -- helpers used by the commands
