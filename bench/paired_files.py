@@ -30,7 +30,8 @@ def settings(rows: list[dict], run: str) -> set[str]:
 def setup_differences(rows_a: list[dict], rows_b: list[dict]) -> str:
     """What the originals' settings differ in between the files, over the corruptions both hold."""
     def of(rows):
-        return {(r["corruption"], r.get("pretrained", "standard")): setup_parts(r.get("setup")) for r in rows}
+        return {(r["corruption"], r.get("pretrained") or "standard", "detection" if r.get("view") else "grid"):
+                setup_parts(r.get("setup")) for r in rows}
 
     a, b = of(rows_a), of(rows_b)
     shared = [k for k in a if k in b and a[k] and b[k]]

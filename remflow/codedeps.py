@@ -20,7 +20,9 @@ Names are resolved statically: code reached only through a registry or getattr i
 holding the registry is reached (module bodies are always hashed with the definitions they use). A module body's
 imports are hashed for the names the reached code reads only: adding `import json` to a module for a function
 that one stage runs leaves the other stages' fingerprints as they were (an import made for its side effects
-alone is therefore not tracked; none of remflow's is).
+alone, or read only through `globals()` or a string annotation, is therefore not tracked; none of remflow's is).
+What a module's definitions run at import (decorators, default values, class bases and class-level statements)
+counts as read, reached or not.
 
 The stage depends on params.yaml and on the code folder, so it runs when either changes and otherwise not; it
 writes a file only when its content changes. Every stage depends on one of its files, so every stage runs after
@@ -86,6 +88,9 @@ class _Module:
         self.body = [n for n in self.tree.body  # imports, constants, registries: the module's own statements
                      if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         self._hashes: dict = {}  # unit, or (None, used names) for the module's statements -> hash
+        # the names the module's definitions read when the module is imported (decorators, default values, class
+        # bases and class-level statements), reached or not: they run, so the imports they read count
+        self.import_time = {chain[0] for chain in _names(_import_time_nodes(self.defs.values()))}
         self._imports: dict[str | None, dict] = {}
         self._names: dict[str | None, set] = {}
         self.package_imports_of = name.split(".")[0]  # the package whose imports one walk collects
@@ -131,6 +136,21 @@ def _parsed(name: str, path: Path) -> _Module:
     if key not in _PARSED:
         _PARSED[key] = _Module(name, path)
     return _PARSED[key]
+
+
+def _import_time_nodes(defs) -> list[ast.AST]:
+    """The parts of function and class definitions that run when their module is imported: decorators, default
+    values, class bases and keywords, and a class body's statements (its methods' own such parts included)."""
+    out: list[ast.AST] = []
+    for d in defs:
+        out += d.decorator_list
+        if isinstance(d, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out += [x for x in (*d.args.defaults, *d.args.kw_defaults) if x is not None]
+        elif isinstance(d, ast.ClassDef):
+            out += [*d.bases, *d.keywords]
+            inner = [n for n in d.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            out += [n for n in d.body if n not in inner] + _import_time_nodes(inner)
+    return out
 
 
 def _used_imports(body: list[ast.stmt], used: frozenset[str]) -> list[ast.stmt]:
@@ -219,6 +239,7 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
 
     reached: set[tuple[str, str | None]] = set()  # (module, definition); None: the module's top-level code
     used: dict[str, set[str]] = {}  # module -> the names reached code reads in it (its imports are cut to them)
+    followed: set[tuple[str, str | None]] = set()  # re-exports followed (two modules may re-export from each other)
     todo: list[tuple[str, str | None]] = []
     for entry in entries + common:
         mod, _, fn = entry.partition(":")
@@ -234,7 +255,8 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
             sub = module(f"{mod_name}.{fn}")
             if sub is not None:
                 todo.append((sub.name, None))
-            elif fn in m.imports(None, package):  # a name the module imports from elsewhere in the package
+            elif fn in m.imports(None, package) and (mod_name, fn) not in followed:  # imported from elsewhere
+                followed.add((mod_name, fn))
                 src, attr = m.imports(None, package)[fn]
                 todo.append((src, attr) if attr is None or module(f"{src}.{attr}") is None
                             else (f"{src}.{attr}", None))
@@ -260,7 +282,7 @@ def stage_code(code_root: Path, entries: tuple[str, ...], package: str = "remflo
     for mod_name, fn in sorted(reached, key=lambda u: (u[0], u[1] or "")):
         m = modules[mod_name]
         rel = m.path.relative_to(code_root).as_posix()
-        out[rel if fn is None else f"{rel}:{fn}"] = m.hash(fn, frozenset(used.get(mod_name, ())))
+        out[rel if fn is None else f"{rel}:{fn}"] = m.hash(fn, frozenset(used.get(mod_name, set()) | m.import_time))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,9 +23,11 @@ def _rss_kb(field: str) -> int:
 @functools.cache
 def _malloc_trim():
     """glibc's malloc_trim, or None (another C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
 
 

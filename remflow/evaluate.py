@@ -15,7 +15,7 @@ from remflow.config import CORRUPTION_OF, ParamsBase
 from remflow.errors import RemflowError
 from remflow.io import file_digest, read_json
 from remflow.progress import log
-from remflow.provenance import setup_text
+from remflow.provenance import settings_of, setup_text
 from remflow.records import resolution, row_of, run_label
 
 PROBE_FORMAT = "remflow-probe/1"  # remflow.stages.probe's files
@@ -105,10 +105,11 @@ def collect_runs(params: ParamsBase, runs_dir: str | Path, rates: dict[float, st
 
     def folder_of(cell):  # dvc.yaml: unlearn writes runs/${key}, unlearn_etd runs/etd-${key}
         run, var, reg, rate, seed = cell
-        name = f"{run}-{reg}-{(rates or {}).get(rate, str(rate))}-{seed}"
+        name = f"{run}-{reg}-{rates[rate]}-{seed}"
         return name if var == "standard" else f"etd-{name}"
 
-    return _collect(runs_dir, expected_cells(params), key, describe, folder_of)
+    # without the rates as written, two folders of one cell stay refused (which is current cannot be told)
+    return _collect(runs_dir, expected_cells(params), key, describe, folder_of if rates is not None else None)
 
 
 def expected_detection_cells(params) -> list[tuple[str, str, float, int, str]]:
@@ -133,9 +134,10 @@ def collect_detection_runs(params, runs_dir: str | Path, budgets: dict[float, st
 
     def folder_of(cell):  # dvc.yaml: unlearn_x writes runs/x-${key}
         run, corr, b, seed, view = cell
-        return f"x-{run}-{corr}-{(budgets or {}).get(b, str(b))}-{seed}-{view}"
+        return f"x-{run}-{corr}-{budgets[b]}-{seed}-{view}"
 
-    return _collect(runs_dir, expected_detection_cells(params), key, describe, folder_of)
+    return _collect(runs_dir, expected_detection_cells(params), key, describe,
+                    folder_of if budgets is not None else None)
 
 
 def probe_path(probes_dir: str | Path, manifest_path: str) -> Path:
@@ -223,6 +225,14 @@ def _settings_notes(params, rec: dict, folder: Path) -> list[tuple[str, str]]:
     return notes
 
 
+def _pretrain_of(params: ParamsBase, variant: str | None) -> dict:
+    """Pretraining's settings of a variant: the ETD settings count for the ETD model only."""
+    recipe = params.pretrain.model_dump()
+    if variant != "etd":
+        recipe.pop("etd", None)
+    return {**recipe, "variant": variant}
+
+
 def setup_of(params: ParamsBase, rec: dict) -> str:
     """The settings a run's original model was made under, its seed aside (results.csv's `setup`): the training
     split's fingerprint and augmentation, the model, the pretraining recipe with the variant (standard or ETD) and
@@ -238,7 +248,7 @@ def setup_of(params: ParamsBase, rec: dict) -> str:
     return setup_text({"data": {"fingerprint": (rec.get("dataset") or {}).get("fingerprint"),
                                 "augment": params.data.augment.model_dump()},
                        "model": params.model.model_dump(),
-                       "pretrain": {**params.pretrain.model_dump(), "variant": rec.get("pretrained")},
+                       "pretrain": _pretrain_of(params, rec.get("pretrained")),
                        "corruption": part})
 
 
@@ -247,10 +257,11 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
     """One row per run of the grid (and of the detection study), from the run records; and the data they ran on
     ({"about", "fingerprint"}), which every record must share. `raw`: params.yaml as read, for the rates and
     budgets as written, which name the run folders."""
-    raw = raw if isinstance(raw, dict) else {}
-    grid, det = raw.get("grid") or {}, raw.get("detection") or {}
-    rates = spelled(params.grid.discovery_rates, grid.get("discovery_rates") if isinstance(grid, dict) else None)
-    budgets = spelled(params.detection.budgets, det.get("budgets") if isinstance(det, dict) else None)
+    rates = budgets = None
+    if isinstance(raw, dict):
+        grid, det = raw.get("grid") or {}, raw.get("detection") or {}
+        rates = spelled(params.grid.discovery_rates, grid.get("discovery_rates") if isinstance(grid, dict) else None)
+        budgets = spelled(params.detection.budgets, det.get("budgets") if isinstance(det, dict) else None)
     runs = collect_runs(params, runs_dir, rates) + collect_detection_runs(params, runs_dir, budgets)
     digests: dict[str, str] = {}
     probes: dict[str, float] = {}
@@ -279,7 +290,7 @@ def evaluate(params: ParamsBase, runs_dir: str | Path, probes_dir: str | Path = 
         for key, note in _settings_notes(params, rec, folder):
             notes.setdefault(key, note)
         score = _regularity(probes_dir, inputs["manifest"], digests[inputs["manifest"]], probes)
-        rows.append(row_of(rec, folder, score, setup_of(params, rec)))
+        rows.append(row_of(rec, folder, score, setup_of(params, rec), settings_of(rec, params.robustness.model_dump())))
         if rec.get("study") != "detection" and inputs["manifest"] not in corrupted:  # the grid's D_c only
             corrupted[inputs["manifest"]] = len(read_json(inputs["manifest"], "corruption manifest").get("indices", []))
         if rec.get("study") != "detection" and isinstance(rec.get("forgotten"), int):

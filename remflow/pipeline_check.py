@@ -34,8 +34,9 @@ STAGE_READS: dict[str, set[str]] = {
                           "detection.seed"},  # a detector on the pretrained model
     "unlearn": {"data", "model", "pretrain", "unlearn", "robustness", *RUNTIME_RESULT_KEYS, "methods.<run>"},
     "probe": {"data", "detection.seed"},
-    "evaluate": {"grid", "evaluate", "detection", "data", "model", "pretrain", "corruption"},  # gathers run records
-    # (no dataset, no checkpoint); data/model/pretrain/corruption only for results.csv's `setup` digests
+    "evaluate": {"grid", "evaluate", "detection", "data", "model", "pretrain", "corruption", "robustness"},  # gathers
+    # run records (no dataset, no checkpoint); data/model/pretrain/corruption/robustness only for results.csv's
+    # `setup` and `settings` digests
 }
 _METHOD_KEY = re.compile(r"^methods\.\$\{item\.\w+\}$")
 _SPEC_KEY = re.compile(r"^detection\.specs\.\$\{item\.\w+\}$")

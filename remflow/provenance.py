@@ -37,7 +37,9 @@ def setup_parts(text: str) -> dict[str, str]:
     return parts if set(parts) == set(SETUP_PARTS) else {}
 
 
-def settings_of(rec: dict[str, Any]) -> str:
+def settings_of(rec: dict[str, Any], robustness: dict[str, Any] | None = None) -> str:
     """results.csv's `settings`: a digest of what the run executed (its method's config and its training recipe, as
-    its record holds them), the same for every cell of a run and different when any of its settings is."""
-    return digest({"method": rec.get("method"), "config": rec.get("config"), "recipe": rec.get("recipe")})
+    its record holds them) and of how its robustness was measured (params' `robustness`, whose columns the row
+    carries), the same for every cell of a run and different when any of those settings is."""
+    what = {"method": rec.get("method"), "config": rec.get("config"), "recipe": rec.get("recipe")}
+    return digest(what if robustness is None else {**what, "robustness": robustness})

@@ -41,9 +41,11 @@ def discovery_columns(discovered: list[int], manifest: dict, label: str) -> dict
             "discovery_recall": round(hits / len(corrupted), 6)}
 
 
-def row_of(rec: dict[str, Any], folder: Path, regularity_score: float, setup: str = "") -> dict[str, Any]:
-    """The results.csv row of one run record (scores rounded as evaluate always wrote them); `setup`: the
-    original's settings (`setup_text`), which evaluate takes from params."""
+def row_of(rec: dict[str, Any], folder: Path, regularity_score: float, setup: str = "",
+           settings: str | None = None) -> dict[str, Any]:
+    """The results.csv row of one run record (scores rounded as evaluate always wrote them); `setup` and
+    `settings`: remflow.provenance's digests, which evaluate makes with params (`settings` defaults to the
+    record's own, without the robustness measurements' settings)."""
     row = rec.get("row")
     if not isinstance(rec.get("scores"), dict) or not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
         raise RemflowError("run record has no scores (written before runs scored themselves)", key=str(folder),
@@ -64,7 +66,8 @@ def row_of(rec: dict[str, Any], folder: Path, regularity_score: float, setup: st
     }
     extra = {k: round(float(v), 6) for k, v in (rec.get("measures") or {}).items()}
     return {**head, **scores, **tail, **extra, "regularity_score": round(float(regularity_score), 6),
-            "setup": setup, "settings": settings_of(rec), "details": rec.get("stats", {})}
+            "setup": setup, "settings": settings if settings is not None else settings_of(rec),
+            "details": rec.get("stats", {})}
 
 
 # the resolution a suite needs before its tables may claim an ordering (DESIGN §7): one image of D_c moves Healed

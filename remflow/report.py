@@ -563,7 +563,7 @@ class SettingsCheck:
 
     def __init__(self) -> None:
         self.settings: dict[str, tuple[str, Path]] = {}
-        self.setup: dict[tuple[str, str], tuple[dict, Path]] = {}
+        self.setup: dict[tuple[str, str, str], tuple[dict, Path]] = {}
 
     def add(self, row: dict, path: Path) -> None:
         hint = ("pool the files of one suite's settings; `--mixed` pools them anyway, and "
@@ -578,7 +578,8 @@ class SettingsCheck:
                                    hint="rename the run in one suite's params (methods:) if both are wanted; " + hint)
         parts = setup_parts(row.get("setup"))
         if parts:
-            name = (row["corruption"], row.get("pretrained", "standard"))
+            # a detection spec may share a grid corruption's name (digits-detect's `backdoor`): its own originals
+            name = (row["corruption"], row.get("pretrained") or "standard", "detection" if row.get("view") else "grid")
             first_parts, where = self.setup.setdefault(name, (parts, path))
             differ = [k for k in parts if parts[k] != first_parts[k]] if where != path else []
             if differ:

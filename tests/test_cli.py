@@ -231,4 +231,5 @@ def test_the_check_stage_refusal_is_read_from_its_panel():
     panel = ("╭─ remflow: error ────╮\n│ grid.discovery_rates.2: must be in (0, 1] │\n│ given: 1.5 │\n"
              "╰─────────────────────╯\n")
     assert _reason(panel) == "grid.discovery_rates.2: must be in (0, 1] / given: 1.5"
-    assert _reason("") is None
+    assert _reason("UserWarning: one\nanother warning line\n" + panel) == _reason(panel)  # warnings left out
+    assert _reason("Killed\n") == "Killed" and _reason("") is None

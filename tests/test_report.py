@@ -493,6 +493,13 @@ def test_pooling_refuses_files_of_other_settings_and_names_what_differs(rows, tm
     assert runner.invoke(app, ["evaluate", "--format", "json", "--from-csv", str(both / "results.csv")]).exit_code == 0
     unmarked = pooled([{**r, "setup": "", "settings": ""} for r in marked if r["seed"] == 1])
     assert unmarked.exit_code == 0 and json.loads(unmarked.output) == json.loads(same.output)
+    # a detection study's corruption may share a grid corruption's name (digits-detect's `backdoor`): its rows
+    # are other originals, with a setup of their own in every file
+    det = lambda rows: [{**r, "run": r["run"] + "@found", "view": "found", "discovery": "spectral",  # noqa: E731
+                         "setup": longer} for r in rows]
+    s0.write_text(report.csv_text([r for r in marked if r["seed"] == 0] + det([r for r in marked if r["seed"] == 0])))
+    assert pooled([r for r in marked if r["seed"] == 1] + det([r for r in marked if r["seed"] == 1])).exit_code == 0
+    s0.write_text(report.csv_text([r for r in marked if r["seed"] == 0]))
     # the ETD model's rows are other originals: their own setup, not compared with the standard model's
     etd = [{**r, "run": "rem_etd", "pretrained": "etd", "setup": longer} for r in marked if r["run"] == "rem"]
     assert pooled([r for r in marked if r["seed"] == 1] + etd).exit_code == 0

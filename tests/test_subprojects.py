@@ -237,3 +237,23 @@ def test_a_name_imported_through_a_module_that_re_exports_it_reaches_its_definit
     assert again["c.py:helper"] != files["c.py:helper"]
     (pkg / "b.py").write_text("import json\nimport os\nfrom pkg.c import helper\n")  # an import nothing reads
     assert codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=()) == again
+
+
+def test_what_a_module_runs_at_import_counts_and_a_re_export_cycle_ends(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import run\n\n\ndef entry():\n    return run()\n")
+    # b's registry is filled by a decorator of a function no stage reaches: the import it reads counts
+    b = ("from math import sqrt as op\nREG = {}\n\n\ndef reg(f):\n    REG[f.__name__] = f\n    return f\n\n\n"
+         "@reg\ndef helper(x=op(4)):\n    return x\n\n\ndef run():\n    return REG['helper']()\n")
+    (pkg / "b.py").write_text(b)
+    first = codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=())
+    assert "b.py:helper" not in first  # reached only through the registry
+    (pkg / "b.py").write_text(b.replace("from math import sqrt as op", "from cmath import sqrt as op"))
+    assert codedeps.stage_code(pkg, ("pkg.a:entry",), package="pkg", skip=(), common=())["b.py"] != first["b.py"]
+    # two modules that re-export a name from each other: the walk ends
+    (pkg / "c.py").write_text("try:\n    from pkg.d import g\nexcept ImportError:\n    g = None\n")
+    (pkg / "d.py").write_text("try:\n    from pkg.c import g\nexcept ImportError:\n    g = None\n")
+    (pkg / "e.py").write_text("from pkg.c import g\n\n\ndef entry():\n    return g\n")
+    assert "e.py:entry" in codedeps.stage_code(pkg, ("pkg.e:entry",), package="pkg", skip=(), common=())

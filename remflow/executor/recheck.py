@@ -102,10 +102,18 @@ def _run_check_stage(root: Path, stage) -> None:
 
 
 def _reason(text: str) -> str | None:
-    """The lines of a remflow error panel (its message, where, given, fix) without the panel's borders, joined."""
-    lines = [ln.strip().strip("│").strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("╭", "╰"))]
-    return " / ".join(lines[:6]) or None
+    """The lines of the last remflow error panel in `text` (its message, where, given, fix) without its borders,
+    joined (warnings printed before it left out); the last line when there is no panel."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    tops = [i for i, ln in enumerate(lines) if ln.startswith("╭")]
+    if not tops:
+        return lines[-1] if lines else None
+    inner = []
+    for ln in lines[tops[-1] + 1:]:
+        if ln.startswith("╰"):
+            break
+        inner.append(ln.strip("│").strip())
+    return " / ".join(x for x in inner if x) or None
 
 
 def recheck(root: Path, stages: list[str] | None = None, record: bool = False, echo=print) -> Recheck:
