@@ -252,6 +252,9 @@ def load(root=None, classes=3):
 
 def broken(root=None):
     raise ValueError("cannot find the labels file")
+
+def positional(path):
+    return np.load(path)
 """
 
 PLAIN_NET = """
@@ -324,6 +327,8 @@ def test_plugin_reader_passes_check_and_runs_a_method(tmp_path, monkeypatch):
 
     assert_refused(check(params_file(tmp_path, {"data": {**data, "dataset": f"{mod}:broken", "options": {}}})),
                    "ValueError: cannot find the labels file", f"{mod}.py")
+    assert_refused(check(params_file(tmp_path, {"data": {**data, "dataset": f"{mod}:positional", "options": {}}})),
+                   "cannot be called with data.root", "positional(path)", "(root, **options)")
     assert_refused(check(params_file(tmp_path, {"data": {**data, "dataset": f"{mod}:nothing"}})),
                    "data.dataset", "'nothing'")
     assert_refused(check(params_file(tmp_path, {"data": {**data, "dataset": "no_such_pkg_x.data:load"}})),

@@ -20,6 +20,7 @@ CLI stops with exit code 2 before anything is written.
 
 from __future__ import annotations
 
+import inspect
 import zipfile
 
 from pathlib import Path
@@ -216,6 +217,15 @@ def read_plugin(ref: str, root: str | None, options: dict):
     from remflow.plugins import resolve
 
     fn = resolve(ref, "data.dataset")
+    try:  # a signature that cannot take the call is the reader's definition, not a line of remflow's
+        inspect.signature(fn).bind(root=root, **options)
+    except TypeError as e:
+        raise RemflowError(f"the plug-in reader cannot be called with data.root and data.options ({e})",
+                           key="data.dataset", got=f"{ref}{inspect.signature(fn)}",
+                           hint=f"define it as {ref.split(':')[1]}(root, **options) (or name each key of "
+                                "data.options): docs/adding-a-dataset-or-model.md") from None
+    except ValueError:  # a builtin without a signature: the call itself says
+        pass
     try:
         got = fn(root=root, **options)
     except RemflowError:
