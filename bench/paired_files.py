@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from remflow import report as R
-from remflow.provenance import SETUP_PARTS, setup_parts
+from remflow.provenance import SETUP_PARTS, originals_key, setup_parts
 
 
 def cells(rows: list[dict], run: str, metric: str, regularity: str | None) -> dict[tuple, float]:
@@ -30,8 +30,7 @@ def settings(rows: list[dict], run: str) -> set[str]:
 def setup_differences(rows_a: list[dict], rows_b: list[dict]) -> str:
     """What the originals' settings differ in between the files, over the corruptions both hold."""
     def of(rows):
-        return {(r["corruption"], r.get("pretrained") or "standard", "detection" if r.get("view") else "grid"):
-                setup_parts(r.get("setup")) for r in rows}
+        return {originals_key(r): setup_parts(r.get("setup")) for r in rows}
 
     a, b = of(rows_a), of(rows_b)
     shared = [k for k in a if k in b and a[k] and b[k]]
@@ -58,8 +57,8 @@ def main() -> None:
             continue
         p = R.bootstrap_mean_diff([b[k] for k in ks], [a[k] for k in ks])
         mean_a, mean_b = (100 * sum(x[k] for k in ks) / len(ks) for x in (a, b))
-        flag = "  settings differ" if settings(rows_a, run) and settings(rows_b, run) and \
-            settings(rows_a, run) != settings(rows_b, run) else ""
+        sa, sb = settings(rows_a, run), settings(rows_b, run)
+        flag = "  settings differ" if sa and sb and sa != sb else ""
         print(f"  {run:16s} A {mean_a:6.2f}  B {mean_b:6.2f}  B - A {R.paired_text(p)} ({p.pairs}){flag}")
     for name, rows in (("A", rows_a), ("B", rows_b)):
         rem, ret = (cells(rows, r, args.metric, args.regularity) for r in ("rem", "retrain"))

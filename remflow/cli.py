@@ -416,11 +416,9 @@ def recheck(
     from remflow.executor.recheck import recheck as run_recheck
 
     if Path("dvc.yaml").is_file() and Path("params.yaml").is_file():  # as `remflow run`: bad input named first
-        from remflow.params import read_yaml
-        from remflow.pipeline_check import check_pipeline
+        from remflow.pipeline_check import check_suite
 
-        check_pipeline(_params(Path("params.yaml")), Path("dvc.yaml"), raw=read_yaml(Path("params.yaml")),
-                       params_path=Path("params.yaml"))
+        check_suite(_params(Path("params.yaml")), Path("."))
     result = run_recheck(Path("."), stages, record=record, echo=lambda text: err.print(escape(text)))
     if not result.stages:
         out.print("Data and pipelines are up to date." if not result.changed else "nothing to re-run")

@@ -153,6 +153,13 @@ def check_pipeline(params: ParamsBase, dvc_path: str | Path, raw: dict | None = 
     return n
 
 
+def check_suite(params: ParamsBase, root: Path) -> None:
+    """What `remflow run` and `remflow recheck` refuse before DVC touches a suite: a key dvc.yaml needs that
+    params.yaml does not write (or another pipeline problem), missing dataset files, |D_c| beyond the data."""
+    check_pipeline(params, root / "dvc.yaml", raw=read_yaml(root / "params.yaml"), params_path=root / "params.yaml")
+    check_data(params)
+
+
 def check_data(p) -> list[str]:
     """The rules that need the training set itself: its files are there (an error unless data.download is on),
     |D_c| fits it. Returns notes on what runs but may not be what was meant."""

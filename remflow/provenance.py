@@ -43,3 +43,9 @@ def settings_of(rec: dict[str, Any], robustness: dict[str, Any] | None = None) -
     carries), the same for every cell of a run and different when any of those settings is."""
     what = {"method": rec.get("method"), "config": rec.get("config"), "recipe": rec.get("recipe")}
     return digest(what if robustness is None else {**what, "robustness": robustness})
+
+
+def originals_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """Which originals a results.csv row's `setup` describes: its corruption, the pretrained variant, and the kind of
+    row (a detection spec may share a grid corruption's name, as digits-detect's `backdoor` does)."""
+    return row["corruption"], row.get("pretrained") or "standard", "detection" if row.get("view") else "grid"

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from remflow.config import CORRUPTION_OF, REGULARITIES
 from remflow.errors import RemflowError
 from remflow.io import atomic_write_bytes, atomic_write_text, dumps_json
-from remflow.provenance import setup_parts
+from remflow.provenance import originals_key, setup_parts
 from remflow.records import base_run
 
 # the robustness measurements of each run (remflow/robustness.py; empty where a suite turns them off)
@@ -578,8 +578,7 @@ class SettingsCheck:
                                    hint="rename the run in one suite's params (methods:) if both are wanted; " + hint)
         parts = setup_parts(row.get("setup"))
         if parts:
-            # a detection spec may share a grid corruption's name (digits-detect's `backdoor`): its own originals
-            name = (row["corruption"], row.get("pretrained") or "standard", "detection" if row.get("view") else "grid")
+            name = originals_key(row)
             first_parts, where = self.setup.setdefault(name, (parts, path))
             differ = [k for k in parts if parts[k] != first_parts[k]] if where != path else []
             if differ:

@@ -35,15 +35,12 @@ def run_command(root: Path, *, address, cpus, gpus, workers, batch, dry, commit=
                                 dry=dry)
     opts.warm = pipeline  # a remflow pipeline's stages import torch and scikit-learn: workers import them early
     if params is not None and not commit and pipeline:
-        from remflow.params import read_yaml
-        from remflow.pipeline_check import check_data, check_pipeline
+        from remflow.pipeline_check import check_suite
 
         # a remflow pipeline: missing dataset files, |D_c| beyond the data, a key dvc.yaml needs that params.yaml
         # does not write are refused before any stage's outputs are removed (its `check` stage runs only when
         # params.yaml or the code changed)
-        check_pipeline(params, root / "dvc.yaml", raw=read_yaml(root / "params.yaml"),
-                       params_path=root / "params.yaml")
-        check_data(params)
+        check_suite(params, root)
     if commit:
         with dvc_errors(root):
             n = commit_only(root)
